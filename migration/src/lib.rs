@@ -1,0 +1,14 @@
+//! Latchkey's database schema, as ordered sea-orm migrations.
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_create_users;
+
+/// Applies Latchkey's migrations in order; the server runs it at start.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_create_users::Migration)]
+    }
+}

@@ -1,0 +1,311 @@
+//! `/api/v1/auth`: register, login, refresh, logout.
+
+use poem::Request;
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use uuid::Uuid;
+
+use super::{
+    ApiTags,
+    request::{OptionalJson, Text, client_ip, text, user_agent},
+    users::{UserEnvelope, UserResponse},
+    validate::{Validator, normalize_email},
+};
+use crate::{
+    auth::{cookies::REFRESH_COOKIE, csrf, guard::Authenticated, tokens::IssuedPair},
+    db::{entities::user, users},
+    error::{ApiError, ErrorCode},
+    session::{NewSession, RotateOutcome, Rotation},
+    state::AppState,
+};
+
+/// A new account.
+#[derive(Object)]
+pub struct RegisterRequest {
+    /// Required: trimmed, 1 to 100 characters.
+    pub name: Option<Text>,
+    /// Required: trimmed and lower-cased, then checked.
+    pub email: Option<Text>,
+    /// Required: 8 to 128 characters (Unicode scalar values), used exactly as given.
+    pub password: Option<Text>,
+    /// Required: must equal `password`.
+    pub password_confirm: Option<Text>,
+}
+
+/// Credentials.
+#[derive(Object)]
+pub struct LoginRequest {
+    /// Required.
+    pub email: Option<Text>,
+    /// Required.
+    pub password: Option<Text>,
+}
+
+/// The refresh token, when it is not sent as the `refresh_token` cookie.
+#[derive(Object)]
+pub struct RefreshRequest {
+    /// A refresh token from login or a previous refresh. Wins over the cookie when both exist.
+    pub refresh_token: Option<Text>,
+}
+
+/// A fresh token pair and the session it belongs to.
+#[derive(Debug, Clone, Object)]
+pub struct TokenPair {
+    /// RS256 JWT for `Authorization: Bearer`; verify it with `/.well-known/jwks.json`.
+    pub access_token: String,
+    /// RS256 JWT for `/api/v1/auth/refresh`; single use (rotated on every refresh).
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// Seconds until the refresh token expires.
+    pub refresh_expires_in: i64,
+    pub session_id: Uuid,
+    pub user: UserResponse,
+}
+
+impl TokenPair {
+    fn new(pair: IssuedPair, user: user::Model) -> Self {
+        let now = chrono::Utc::now().timestamp();
+        Self {
+            expires_in: pair.access.exp - now,
+            refresh_expires_in: pair.refresh.exp - now,
+            session_id: pair.access.sid,
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: "Bearer".into(),
+            user: user.into(),
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum RegisterResult {
+    /// The account was created. Log in to get tokens.
+    #[oai(status = 201)]
+    Created(Json<UserEnvelope>),
+}
+
+#[derive(ApiResponse)]
+pub enum TokenResult {
+    /// A new token pair. Also sets the `access_token`, `refresh_token` and `logged_in` cookies.
+    #[oai(status = 200)]
+    Ok(Json<TokenPair>),
+}
+
+#[derive(ApiResponse)]
+pub enum LogoutResult {
+    /// The session's tokens are revoked and the cookies cleared.
+    #[oai(status = 204)]
+    LoggedOut,
+}
+
+pub struct AuthApi;
+
+#[OpenApi(prefix_path = "/api/v1/auth", tag = "ApiTags::Auth")]
+impl AuthApi {
+    /// Create an account.
+    ///
+    /// 409 `email_taken` when the email is registered; 422 `validation_failed` with a
+    /// `details` entry per broken rule.
+    #[oai(path = "/register", method = "post", operation_id = "register")]
+    async fn register(
+        &self,
+        state: poem::web::Data<&AppState>,
+        body: Json<RegisterRequest>,
+    ) -> Result<RegisterResult, ApiError> {
+        let body = body.0;
+        let mut v = Validator::new();
+        let name = v.name("name", text(body.name));
+        let email = v.email("email", text(body.email));
+        let password = v.new_password("password", text(body.password));
+        let confirm = v.required("password_confirm", text(body.password_confirm));
+        if let (Some(password), Some(confirm)) = (&password, &confirm)
+            && password != confirm
+        {
+            v.fail("password_confirm", "must equal password");
+        }
+        let ((name, email), password) = v.finish(name.zip(email).zip(password))?;
+        let password_hash = state.passwords.hash(password.into()).await?;
+        let created = users::insert(
+            &state.db,
+            users::NewUser {
+                name,
+                email,
+                password_hash,
+                role: users::DEFAULT_ROLE.into(),
+            },
+        )
+        .await;
+        match created {
+            Ok(user) => {
+                tracing::info!(user_id = %user.id, "user registered");
+                Ok(RegisterResult::Created(Json(user.into())))
+            }
+            Err(err) if users::is_unique_violation(&err) => Err(ApiError::new(
+                ErrorCode::EmailTaken,
+                "an account with this email already exists",
+            )),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Log in with email and password.
+    ///
+    /// Starts a new session (one per device) and returns its token pair; browsers also get the
+    /// cookies. A wrong password and an unknown email get the same 401 `invalid_credentials`
+    /// after the same amount of work. The right password of a disabled account gets 403
+    /// `account_disabled`.
+    #[oai(path = "/login", method = "post", operation_id = "login")]
+    async fn login(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        body: Json<LoginRequest>,
+    ) -> Result<TokenResult, ApiError> {
+        let body = body.0;
+        let mut v = Validator::new();
+        let email = v
+            .required("email", text(body.email))
+            .map(|email| normalize_email(&email));
+        let password = v.given_password("password", text(body.password));
+        let (email, password) = v.finish(email.zip(password))?;
+
+        let user = users::find_by_email(&state.db, &email).await?;
+        // An unknown email is checked against a dummy hash so both failures cost the same.
+        let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
+        let valid = state.passwords.verify(password.into(), stored_hash).await?;
+        let user = match user {
+            Some(user) if valid => user,
+            _ => {
+                tracing::info!("login failed");
+                return Err(ApiError::new(
+                    ErrorCode::InvalidCredentials,
+                    "wrong email or password",
+                ));
+            }
+        };
+        if user.disabled {
+            return Err(ApiError::new(
+                ErrorCode::AccountDisabled,
+                "this account is disabled",
+            ));
+        }
+
+        let session_id = Uuid::new_v4();
+        let pair = state
+            .tokens
+            .issue_pair(user.id, &user.role, session_id)
+            .await?;
+        let ip = client_ip(req, &state.settings.trusted_proxies);
+        state
+            .sessions
+            .create(NewSession {
+                id: session_id,
+                user_id: user.id,
+                user_agent: user_agent(req),
+                ip: ip.map(|ip| ip.to_string()),
+                created_at: pair.access.iat,
+                access_jti: pair.access.jti,
+                access_exp: pair.access.exp,
+                refresh_jti: pair.refresh.jti,
+                refresh_exp: pair.refresh.exp,
+            })
+            .await?;
+        tracing::info!(user_id = %user.id, session_id = %session_id, "login succeeded");
+        state
+            .cookies
+            .set_session(req.cookie(), &pair.access_token, &pair.refresh_token);
+        Ok(TokenResult::Ok(Json(TokenPair::new(pair, user))))
+    }
+
+    /// Exchange a refresh token for a new pair (rotation).
+    ///
+    /// The refresh token comes from the JSON body `{refresh_token}` or, when the body is
+    /// absent, empty or `{}`, from the `refresh_token` cookie (then the CSRF check applies).
+    /// The presented refresh token and the session's previous access token stop working.
+    /// Presenting a rotated-away refresh token again revokes the whole session: 401
+    /// `refresh_token_reused`.
+    #[oai(path = "/refresh", method = "post", operation_id = "refresh")]
+    async fn refresh(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        body: OptionalJson<RefreshRequest>,
+    ) -> Result<TokenResult, ApiError> {
+        let from_body = body
+            .0
+            .and_then(|b| text(b.refresh_token))
+            .filter(|t| !t.is_empty());
+        let token = match from_body {
+            Some(token) => token,
+            None => {
+                let cookie = req
+                    .cookie()
+                    .get(REFRESH_COOKIE)
+                    .map(|c| c.value_str().to_owned())
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(ApiError::missing_token)?;
+                // The browser attached this cookie by itself: make sure the page is ours.
+                csrf::check(req, &state.settings.allowed_origins)?;
+                cookie
+            }
+        };
+        let claims = state.tokens.verify_refresh(&token)?;
+        let user = users::find_by_id(&state.db, claims.sub)
+            .await?
+            .filter(|u| !u.disabled)
+            .ok_or_else(ApiError::invalid_token)?;
+        let pair = state
+            .tokens
+            .issue_pair(user.id, &user.role, claims.sid)
+            .await?;
+        let outcome = state
+            .sessions
+            .rotate(Rotation {
+                user_id: user.id,
+                session_id: claims.sid,
+                presented_refresh_jti: claims.jti,
+                new_access_jti: pair.access.jti,
+                new_access_exp: pair.access.exp,
+                new_refresh_jti: pair.refresh.jti,
+                new_refresh_exp: pair.refresh.exp,
+                now: pair.access.iat,
+            })
+            .await?;
+        match outcome {
+            RotateOutcome::Rotated => {
+                state
+                    .cookies
+                    .set_session(req.cookie(), &pair.access_token, &pair.refresh_token);
+                Ok(TokenResult::Ok(Json(TokenPair::new(pair, user))))
+            }
+            RotateOutcome::Reused => {
+                tracing::warn!(
+                    user_id = %user.id,
+                    session_id = %claims.sid,
+                    "refresh token reuse detected: session revoked"
+                );
+                Err(ApiError::new(
+                    ErrorCode::RefreshTokenReused,
+                    "this refresh token was already used; the session has been revoked",
+                ))
+            }
+            RotateOutcome::Unknown => Err(ApiError::invalid_token()),
+        }
+    }
+
+    /// Log out of the current session: its tokens are revoked and the cookies cleared.
+    #[oai(path = "/logout", method = "post", operation_id = "logout")]
+    async fn logout(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Authenticated,
+    ) -> Result<LogoutResult, ApiError> {
+        state.sessions.revoke(auth.user.id, auth.session_id).await?;
+        tracing::info!(user_id = %auth.user.id, session_id = %auth.session_id, "logout");
+        state.cookies.clear_session(req.cookie());
+        Ok(LogoutResult::LoggedOut)
+    }
+}

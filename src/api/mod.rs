@@ -1,0 +1,68 @@
+//! The HTTP API: one `#[OpenApi]` struct per resource, combined into one service, plus the
+//! request types and rules they share.
+
+pub mod auth;
+pub mod health;
+pub mod jwks;
+pub mod request;
+pub mod users;
+pub mod validate;
+
+use poem_openapi::{OpenApiService, Tags};
+
+/// Groups of operations in the spec.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Registration, login, token refresh and logout.
+    Auth,
+    /// The signed-in user's own account.
+    Users,
+    /// Public keys for verifying access tokens elsewhere.
+    Keys,
+    /// Liveness and readiness probes.
+    Health,
+}
+
+/// The API description that tells what a client may rely on (also in `openapi/`).
+const DESCRIPTION: &str = "Latchkey issues RS256-signed JWTs: a short-lived access token and a \
+long-lived refresh token, each signed with its own RSA key, each revocable through its `jti`.\n\n\
+Send the access token as `Authorization: Bearer <token>`, or let a browser send the \
+`access_token` cookie. Other services verify access tokens with the keys at \
+`/.well-known/jwks.json`.\n\n\
+Every error has the body `{\"error\": {\"code\", \"message\", \"details\"?}}` with a stable `code` \
+(see `ErrorCode`). Emails are trimmed and lower-cased; names are trimmed, 1-100 characters; \
+passwords are 8-128 characters, never trimmed. Request bodies above 64 KiB get 413. \
+Missing required fields are reported as 422 `validation_failed` with a `details` entry per field; \
+bodies that are not JSON, or fields of the wrong type, are 400 `malformed_request`.";
+
+/// Every endpoint as one OpenAPI service.
+pub type Api = (
+    auth::AuthApi,
+    users::UsersApi,
+    jwks::JwksApi,
+    health::HealthApi,
+);
+
+pub fn service() -> OpenApiService<Api, ()> {
+    OpenApiService::new(
+        (
+            auth::AuthApi,
+            users::UsersApi,
+            jwks::JwksApi,
+            health::HealthApi,
+        ),
+        "Latchkey",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(DESCRIPTION)
+}
+
+/// The spec as JSON, as served at `/openapi.json` and committed in `openapi/openapi.json`.
+pub fn spec_json() -> String {
+    service().spec()
+}
+
+/// The spec as YAML, as served at `/openapi.yaml` and committed in `openapi/openapi.yaml`.
+pub fn spec_yaml() -> String {
+    service().spec_yaml()
+}

@@ -1,0 +1,158 @@
+//! What handlers need to know about the request itself: the client's IP and user agent, and an
+//! optional JSON body.
+
+use std::{borrow::Cow, net::IpAddr};
+
+use ipnet::IpNet;
+use poem::{Request, RequestBody};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ExtractParamOptions,
+    payload::{Json, ParsePayload, Payload},
+    registry::{MetaMediaType, MetaRequest, MetaSchema, MetaSchemaRef, Registry},
+    types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
+};
+use serde_json::Value;
+
+/// User agents are stored with sessions; longer ones are cut to this many characters.
+const USER_AGENT_MAX_CHARS: usize = 256;
+
+/// The client's IP: the socket peer, unless the peer is a trusted proxy, in which case
+/// `X-Forwarded-For` is walked from the right past trusted hops. A header from an untrusted
+/// peer is ignored, so it cannot be spoofed.
+pub fn client_ip(req: &Request, trusted_proxies: &[IpNet]) -> Option<IpAddr> {
+    let peer = req.remote_addr().as_socket_addr()?.ip();
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+    if !trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for value in req.headers().get_all("x-forwarded-for").iter().rev() {
+        let Ok(value) = value.to_str() else { break };
+        for hop in value.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !trusted(&ip) {
+                        return Some(client);
+                    }
+                }
+                Err(_) => return Some(client),
+            }
+        }
+    }
+    Some(client)
+}
+
+/// The `User-Agent` header, truncated.
+pub fn user_agent(req: &Request) -> Option<String> {
+    req.headers()
+        .get(poem::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(USER_AGENT_MAX_CHARS).collect())
+}
+
+/// A JSON request body that may be absent: an empty body (with or without a content type)
+/// is `None`; a non-empty one must be `application/json`.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<'a, T: ParseFromJSON + ToJSON> ApiExtractor<'a> for OptionalJson<T> {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        <Json<T> as Payload>::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: None,
+            content: vec![MetaMediaType {
+                content_type: <Json<T> as Payload>::CONTENT_TYPE,
+                schema: <Json<T> as Payload>::schema_ref(),
+            }],
+            required: false,
+        })
+    }
+
+    async fn from_request(
+        req: &'a Request,
+        body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let bytes = body.take()?.into_bytes().await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        match req.content_type() {
+            Some(ct) if <Json<T> as Payload>::check_content_type(ct) => {}
+            Some(ct) => {
+                return Err(poem_openapi::error::ContentTypeError::NotSupported {
+                    content_type: ct.to_owned(),
+                }
+                .into());
+            }
+            None => return Err(poem_openapi::error::ContentTypeError::ExpectContentType.into()),
+        }
+        let mut body = RequestBody::new(poem::Body::from_bytes(bytes));
+        let Json(value) = <Json<T> as ParsePayload>::from_request(req, &mut body).await?;
+        Ok(Self(Some(value)))
+    }
+}
+
+/// A JSON string, strictly: poem-openapi's `String` would also accept numbers and booleans
+/// (`5` -> `"5"`), and the contract says a field of the wrong type is 400 `malformed_request`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl Text {
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl Type for Text {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "string".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema::new("string")))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for Text {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(text)) => Ok(Text(text)),
+            // The message never echoes the value: it may be a password.
+            _ => Err(ParseError::custom("expected a string")),
+        }
+    }
+}
+
+impl ToJSON for Text {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
+/// Unwraps an optional `Text` field.
+pub fn text(field: Option<Text>) -> Option<String> {
+    field.map(Text::into_inner)
+}

@@ -1,0 +1,79 @@
+//! The three browser cookies (API.md section 4), all built here and nowhere else.
+//!
+//! - `access_token`: HttpOnly (scripts cannot steal it), SameSite=Lax, Path=/.
+//! - `refresh_token`: HttpOnly, always Secure, SameSite=Strict, and Path=/api/v1/auth so the
+//!   browser sends it only to the auth endpoints, never to the rest of the API.
+//! - `logged_in=true`: readable by scripts so a page can tell it has a session without
+//!   being able to read any token.
+
+use std::time::Duration;
+
+use poem::web::cookie::{Cookie, CookieJar, SameSite};
+
+pub const ACCESS_COOKIE: &str = "access_token";
+pub const REFRESH_COOKIE: &str = "refresh_token";
+pub const LOGGED_IN_COOKIE: &str = "logged_in";
+pub const REFRESH_COOKIE_PATH: &str = "/api/v1/auth";
+
+/// Cookie attributes from the settings.
+#[derive(Debug, Clone)]
+pub struct CookiePolicy {
+    /// `COOKIE_SECURE` (forced on in production).
+    pub secure: bool,
+    pub domain: Option<String>,
+    pub access_ttl_secs: i64,
+    pub refresh_ttl_secs: i64,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Access,
+    Refresh,
+    LoggedIn,
+}
+
+impl CookiePolicy {
+    fn build(&self, kind: Kind, value: &str, max_age_secs: i64) -> Cookie {
+        let (name, path, same_site, http_only, secure) = match kind {
+            Kind::Access => (ACCESS_COOKIE, "/", SameSite::Lax, true, self.secure),
+            // The refresh cookie is the long-lived credential: Secure regardless of
+            // COOKIE_SECURE (browsers accept Secure cookies from http://localhost).
+            Kind::Refresh => (
+                REFRESH_COOKIE,
+                REFRESH_COOKIE_PATH,
+                SameSite::Strict,
+                true,
+                true,
+            ),
+            Kind::LoggedIn => (LOGGED_IN_COOKIE, "/", SameSite::Lax, false, self.secure),
+        };
+        let mut cookie = Cookie::new_with_str(name, value);
+        cookie.set_path(path);
+        cookie.set_same_site(same_site);
+        cookie.set_http_only(http_only);
+        cookie.set_secure(secure);
+        if let Some(domain) = &self.domain {
+            cookie.set_domain(domain.clone());
+        }
+        cookie.set_max_age(Duration::from_secs(max_age_secs.max(0).unsigned_abs()));
+        if max_age_secs <= 0 {
+            // An expired cookie with the same name, Path and Domain deletes it.
+            cookie.set_expires(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH);
+        }
+        cookie
+    }
+
+    /// Sets the three cookies after a login or a refresh.
+    pub fn set_session(&self, jar: &CookieJar, access_token: &str, refresh_token: &str) {
+        jar.add(self.build(Kind::Access, access_token, self.access_ttl_secs));
+        jar.add(self.build(Kind::Refresh, refresh_token, self.refresh_ttl_secs));
+        jar.add(self.build(Kind::LoggedIn, "true", self.access_ttl_secs));
+    }
+
+    /// Clears the three cookies (logout, logout-all).
+    pub fn clear_session(&self, jar: &CookieJar) {
+        for kind in [Kind::Access, Kind::Refresh, Kind::LoggedIn] {
+            jar.add(self.build(kind, "", 0));
+        }
+    }
+}

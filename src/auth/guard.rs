@@ -1,0 +1,151 @@
+//! The guard in front of every protected endpoint (API.md section 3).
+//!
+//! An endpoint declares it by taking an [`Authenticated`] argument. Before the handler runs:
+//! 1. credentials: `Authorization: Bearer` first, otherwise the `access_token` cookie;
+//! 2. a cookie-authenticated unsafe request must pass the CSRF check;
+//! 3. the JWT is verified (RS256 pinned, access key, iss/aud/exp/nbf, not a refresh token);
+//! 4. its `jti` must be live in the session store: this is what makes logout and revocation
+//!    immediate, whatever the signature says;
+//! 5. the user is loaded by `sub` through SeaORM and must exist and not be disabled. The role
+//!    comes from this row, not from the token, so a role change applies on the next request.
+//!
+//! Any failure is 401 `invalid_token` (or `token_expired`), with no hint which step refused.
+
+use poem::{Request, RequestBody};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ExtractParamOptions,
+    registry::{MetaSecurityScheme, Registry},
+};
+use uuid::Uuid;
+
+use super::{cookies::ACCESS_COOKIE, csrf, tokens::AccessClaims};
+use crate::{
+    db::{entities::user, users},
+    error::ApiError,
+    state::AppState,
+};
+
+/// Name of the bearer security scheme in the OpenAPI spec.
+pub const BEARER_SCHEME: &str = "BearerAuth";
+/// Name of the cookie security scheme in the OpenAPI spec.
+pub const COOKIE_SCHEME: &str = "CookieAuth";
+
+/// How the access token arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    Bearer,
+    Cookie,
+}
+
+/// The caller of a protected endpoint: the loaded user and the session the token belongs to.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub user: user::Model,
+    pub session_id: Uuid,
+    pub claims: AccessClaims,
+    pub source: CredentialSource,
+}
+
+/// The access token of a request and where it came from; `None` when there is none at all.
+pub fn access_token(req: &Request) -> Result<Option<(String, CredentialSource)>, ApiError> {
+    if let Some(value) = req.headers().get(poem::http::header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| ApiError::invalid_token())?;
+        let token = value
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| !token.is_empty())
+            .ok_or_else(ApiError::invalid_token)?;
+        return Ok(Some((token.to_owned(), CredentialSource::Bearer)));
+    }
+    Ok(req
+        .cookie()
+        .get(ACCESS_COOKIE)
+        .map(|cookie| cookie.value_str().to_owned())
+        .filter(|value| !value.is_empty())
+        .map(|value| (value, CredentialSource::Cookie)))
+}
+
+/// Runs the whole guard for a request.
+pub async fn authenticate(state: &AppState, req: &Request) -> Result<Authenticated, ApiError> {
+    let (token, source) = access_token(req)?.ok_or_else(ApiError::missing_token)?;
+    if source == CredentialSource::Cookie && csrf::is_unsafe(req.method()) {
+        csrf::check(req, &state.settings.allowed_origins)?;
+    }
+    let claims = state.tokens.verify_access(&token)?;
+    // Revocation: a token whose jti is no longer recorded is dead, even if correctly signed.
+    if !state
+        .sessions
+        .is_access_active(claims.sub, claims.sid, claims.jti)
+        .await?
+    {
+        return Err(ApiError::invalid_token());
+    }
+    let user = users::find_by_id(&state.db, claims.sub)
+        .await?
+        .filter(|user| !user.disabled)
+        .ok_or_else(ApiError::invalid_token)?;
+    Ok(Authenticated {
+        user,
+        session_id: claims.sid,
+        claims,
+        source,
+    })
+}
+
+impl<'a> ApiExtractor<'a> for Authenticated {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        registry.create_security_scheme(
+            BEARER_SCHEME,
+            MetaSecurityScheme {
+                ty: "http",
+                description: Some(
+                    "An access token from login or refresh: `Authorization: Bearer <token>`.",
+                ),
+                name: None,
+                key_in: None,
+                scheme: Some("bearer"),
+                bearer_format: Some("JWT"),
+                flows: None,
+                openid_connect_url: None,
+            },
+        );
+        registry.create_security_scheme(
+            COOKIE_SCHEME,
+            MetaSecurityScheme {
+                ty: "apiKey",
+                description: Some(
+                    "The `access_token` cookie set by login and refresh (browsers). Unsafe \
+                     methods also need an allowed `Origin`/`Referer` or \
+                     `Sec-Fetch-Site: same-origin` (CSRF check).",
+                ),
+                name: Some(ACCESS_COOKIE),
+                key_in: Some("cookie"),
+                scheme: None,
+                bearer_format: None,
+                flows: None,
+                openid_connect_url: None,
+            },
+        );
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        vec![BEARER_SCHEME, COOKIE_SCHEME]
+    }
+
+    async fn from_request(
+        req: &'a Request,
+        _body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let state = req
+            .data::<AppState>()
+            .ok_or_else(|| ApiError::internal("AppState missing from request data"))?;
+        Ok(authenticate(state, req).await?)
+    }
+}

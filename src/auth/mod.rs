@@ -1,0 +1,9 @@
+//! Everything that decides who a request is: keys, tokens, passwords, cookies, CSRF and the
+//! guard that protected endpoints declare.
+
+pub mod cookies;
+pub mod csrf;
+pub mod guard;
+pub mod keys;
+pub mod password;
+pub mod tokens;

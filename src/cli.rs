@@ -1,0 +1,193 @@
+//! The command line. `latchkey` alone serves.
+
+use std::{io::Read, path::PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use secrecy::ExposeSecret;
+
+use crate::{
+    api::validate::Validator,
+    auth::{keys, password::PasswordService},
+    config::Settings,
+    db,
+    startup::Application,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "latchkey",
+    version,
+    about = "Self-hosted authentication: RS256 JWTs with revocable sessions"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve,
+    /// Manage RSA key pairs.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage user accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Print the OpenAPI spec.
+    Openapi {
+        /// Print YAML instead of JSON.
+        #[arg(long)]
+        yaml: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate the access and the refresh key pair (private keys are written with mode 0600).
+    Generate {
+        #[arg(long, default_value = "keys")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = keys::DEFAULT_BITS)]
+        bits: usize,
+        /// Replace existing key files (tokens signed by the old keys stop verifying).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    User,
+    Admin,
+}
+
+impl RoleArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            RoleArg::User => "user",
+            RoleArg::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account; the password is read from standard input. This is how the first admin
+    /// is made: `echo "$PASSWORD" | latchkey user create --email a@b.c --name Ada --role admin`.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum, default_value = "user")]
+        role: RoleArg,
+    },
+    /// Change the role of an existing account.
+    SetRole {
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+}
+
+/// Runs a parsed command. Settings are loaded only by the commands that need them.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let settings = Settings::from_env()?;
+            crate::telemetry::init(settings.log_format);
+            tracing::info!(settings = ?settings, "starting");
+            Application::build(settings).await?.run().await?;
+        }
+        Command::Keys {
+            command: KeysCommand::Generate { dir, bits, force },
+        } => {
+            let paths =
+                tokio::task::spawn_blocking(move || keys::generate_key_dir(&dir, bits, force))
+                    .await?
+                    .map_err(anyhow::Error::msg)?;
+            println!(
+                "wrote {} (0600), {}, {} (0600), {}",
+                paths.access_private.display(),
+                paths.access_public.display(),
+                paths.refresh_private.display(),
+                paths.refresh_public.display()
+            );
+        }
+        Command::Migrate => {
+            let settings = Settings::from_env()?;
+            let db = db::connect(settings.database_url.expose_secret()).await?;
+            db::migrate(&db).await?;
+            println!("migrations applied");
+        }
+        Command::User {
+            command: UserCommand::Create { email, name, role },
+        } => {
+            let settings = Settings::from_env()?;
+            let mut password = String::new();
+            std::io::stdin().read_to_string(&mut password)?;
+            let password = password
+                .strip_suffix('\n')
+                .map(|p| p.strip_suffix('\r').unwrap_or(p))
+                .unwrap_or(&password)
+                .to_owned();
+            let mut v = Validator::new();
+            let name = v.name("name", Some(name));
+            let email = v.email("email", Some(email));
+            let password = v.new_password("password (stdin)", Some(password));
+            let ((name, email), password) = v
+                .finish(name.zip(email).zip(password))
+                .map_err(|err| anyhow::anyhow!("{}: {:?}", err.message, err.details))?;
+            let db = db::connect(settings.database_url.expose_secret()).await?;
+            db::migrate(&db).await?;
+            let hasher = PasswordService::new(settings.argon2, 1)?;
+            let password_hash = hasher.hash(password.into()).await?;
+            let user = db::users::insert(
+                &db,
+                db::users::NewUser {
+                    name,
+                    email,
+                    password_hash,
+                    role: role.as_str().into(),
+                },
+            )
+            .await
+            .map_err(|err| {
+                if db::users::is_unique_violation(&err) {
+                    anyhow::anyhow!("an account with this email already exists")
+                } else {
+                    err.into()
+                }
+            })?;
+            println!("created {} {} ({})", user.id, user.email, user.role);
+        }
+        Command::User {
+            command: UserCommand::SetRole { email, role },
+        } => {
+            let settings = Settings::from_env()?;
+            let db = db::connect(settings.database_url.expose_secret()).await?;
+            db::migrate(&db).await?;
+            let email = crate::api::validate::normalize_email(&email);
+            match db::users::set_role(&db, &email, role.as_str()).await? {
+                Some(user) => println!("{} is now {}", user.email, user.role),
+                None => anyhow::bail!("no account with email {email}"),
+            }
+        }
+        Command::Openapi { yaml } => {
+            if yaml {
+                print!("{}", crate::api::spec_yaml());
+            } else {
+                println!("{}", crate::api::spec_json());
+            }
+        }
+    }
+    Ok(())
+}

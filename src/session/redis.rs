@@ -1,0 +1,305 @@
+//! The Redis session store: shared by every instance, so a revocation on one is seen by all
+//! on the very next request (no per-instance cache of revocation state).
+//!
+//! Key layout, with `P` the configured prefix and `{U}` the user id as a Redis Cluster hash tag,
+//! so everything of one user (sessions, token ids, index) lives in one slot and every script
+//! touches a single slot:
+//!
+//! ```text
+//! P{U}:s:<sid>     hash   user_id created_at last_used_at expires_at user_agent ip access_jti refresh_jti
+//!                         (EXPIREAT = the refresh token's exp)
+//! P{U}:j:<jti>     string the session id (EXPIREAT = that token's exp)
+//! P{U}:sessions    zset   sid -> expires_at (expired members are trimmed on every write)
+//! ```
+//!
+//! Every operation is one Lua script (one round trip, atomic).
+
+use async_trait::async_trait;
+use deadpool_redis::{Config, Pool, PoolConfig, Runtime};
+use redis::Script;
+use uuid::Uuid;
+
+use super::{NewSession, RotateOutcome, Rotation, SessionInfo, SessionStore, StoreError};
+
+/// Records a session with its two token ids.
+/// KEYS: session, access jti, refresh jti, index. ARGV: user, created, expires, ua, ip,
+/// access jti, refresh jti, access exp, sid.
+const CREATE: &str = r#"
+redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'created_at', ARGV[2], 'last_used_at', ARGV[2],
+  'expires_at', ARGV[3], 'user_agent', ARGV[4], 'ip', ARGV[5], 'access_jti', ARGV[6], 'refresh_jti', ARGV[7])
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[9], 'EXAT', ARGV[8])
+redis.call('SET', KEYS[3], ARGV[9], 'EXAT', ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[9])
+redis.call('EXPIREAT', KEYS[4], redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')[2])
+return 1
+"#;
+
+/// The rotation step. KEYS: session, index. ARGV: jti key prefix, sid, presented refresh jti,
+/// new access jti, new access exp, new refresh jti, new refresh exp, now.
+/// Returns 'rotated', 'reused' (the session is gone) or 'unknown'.
+const ROTATE: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'refresh_jti')
+if not current then return 'unknown' end
+local old_access = redis.call('HGET', KEYS[1], 'access_jti')
+if current ~= ARGV[3] then
+  -- A rotated-away refresh token came back: someone holds a copy. Revoke the whole session.
+  redis.call('DEL', KEYS[1], ARGV[1] .. old_access, ARGV[1] .. current)
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 'reused'
+end
+redis.call('DEL', ARGV[1] .. old_access, ARGV[1] .. current)
+redis.call('HSET', KEYS[1], 'access_jti', ARGV[4], 'refresh_jti', ARGV[6], 'last_used_at', ARGV[8],
+  'expires_at', ARGV[7])
+redis.call('EXPIREAT', KEYS[1], ARGV[7])
+redis.call('SET', ARGV[1] .. ARGV[4], ARGV[2], 'EXAT', ARGV[5])
+redis.call('SET', ARGV[1] .. ARGV[6], ARGV[2], 'EXAT', ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[8])
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[2])
+redis.call('EXPIREAT', KEYS[2], redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2])
+return 'rotated'
+"#;
+
+/// Is the access jti live for this session? KEYS: jti key, session. ARGV: sid, jti.
+const IS_ACCESS_ACTIVE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'access_jti') ~= ARGV[2] then return 0 end
+return 1
+"#;
+
+/// Revokes sessions. KEYS: index. ARGV: session key prefix, jti key prefix, then the sids to
+/// revoke (none: all of the index). Returns how many sessions existed.
+const REVOKE: &str = r#"
+local sids = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do sids[#sids + 1] = ARGV[i] end
+else
+  sids = redis.call('ZRANGE', KEYS[1], 0, -1)
+end
+local n = 0
+for _, sid in ipairs(sids) do
+  local key = ARGV[1] .. sid
+  local jtis = redis.call('HMGET', key, 'access_jti', 'refresh_jti')
+  if jtis[1] then
+    n = n + 1
+    redis.call('DEL', ARGV[2] .. jtis[1], ARGV[2] .. jtis[2])
+  end
+  redis.call('DEL', key)
+  redis.call('ZREM', KEYS[1], sid)
+end
+return n
+"#;
+
+/// Lists live sessions. KEYS: index. ARGV: session key prefix, now.
+const LIST: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+local out = {}
+for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local f = redis.call('HMGET', ARGV[1] .. sid, 'user_id', 'created_at', 'last_used_at', 'expires_at', 'user_agent', 'ip')
+  if f[1] then
+    out[#out + 1] = {sid, f[1], f[2], f[3], f[4], f[5], f[6]}
+  end
+end
+return out
+"#;
+
+/// Sessions in Redis through a deadpool-redis pool.
+pub struct RedisStore {
+    pool: Pool,
+    prefix: String,
+    create: Script,
+    rotate: Script,
+    is_access_active: Script,
+    revoke: Script,
+    list: Script,
+}
+
+impl RedisStore {
+    /// Builds the pool (connections are made lazily) for `url`, namespacing every key under
+    /// `prefix`.
+    pub fn new(url: &str, prefix: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let mut config = Config::from_url(url);
+        config.pool = Some(PoolConfig::new(pool_size));
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|err| StoreError(format!("invalid REDIS_URL: {err}")))?;
+        Ok(Self {
+            pool,
+            prefix: prefix.to_owned(),
+            create: Script::new(CREATE),
+            rotate: Script::new(ROTATE),
+            is_access_active: Script::new(IS_ACCESS_ACTIVE),
+            revoke: Script::new(REVOKE),
+            list: Script::new(LIST),
+        })
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|err| StoreError(err.to_string()))
+    }
+
+    /// `P{U}`: the prefix and the user's hash tag.
+    fn user_tag(&self, user_id: Uuid) -> String {
+        format!("{}{{{}}}", self.prefix, user_id)
+    }
+
+    fn session_prefix(&self, user_id: Uuid) -> String {
+        format!("{}:s:", self.user_tag(user_id))
+    }
+
+    fn jti_prefix(&self, user_id: Uuid) -> String {
+        format!("{}:j:", self.user_tag(user_id))
+    }
+
+    fn index_key(&self, user_id: Uuid) -> String {
+        format!("{}:sessions", self.user_tag(user_id))
+    }
+
+    async fn run_revoke(&self, user_id: Uuid, only: Option<Uuid>) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut invocation = self.revoke.key(self.index_key(user_id));
+        invocation
+            .arg(self.session_prefix(user_id))
+            .arg(self.jti_prefix(user_id));
+        if let Some(sid) = only {
+            invocation.arg(sid.to_string());
+        }
+        invocation.invoke_async(&mut conn).await.map_err(to_store)
+    }
+}
+
+fn to_store(err: redis::RedisError) -> StoreError {
+    StoreError(err.to_string())
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn create(&self, s: NewSession) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let jti_prefix = self.jti_prefix(s.user_id);
+        let _: i64 = self
+            .create
+            .key(format!("{}{}", self.session_prefix(s.user_id), s.id))
+            .key(format!("{jti_prefix}{}", s.access_jti))
+            .key(format!("{jti_prefix}{}", s.refresh_jti))
+            .key(self.index_key(s.user_id))
+            .arg(s.user_id.to_string())
+            .arg(s.created_at)
+            .arg(s.refresh_exp)
+            .arg(s.user_agent.unwrap_or_default())
+            .arg(s.ip.unwrap_or_default())
+            .arg(s.access_jti.to_string())
+            .arg(s.refresh_jti.to_string())
+            .arg(s.access_exp)
+            .arg(s.id.to_string())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store)?;
+        Ok(())
+    }
+
+    async fn is_access_active(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        jti: Uuid,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let live: i64 = self
+            .is_access_active
+            .key(format!("{}{}", self.jti_prefix(user_id), jti))
+            .key(format!("{}{}", self.session_prefix(user_id), session_id))
+            .arg(session_id.to_string())
+            .arg(jti.to_string())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store)?;
+        Ok(live == 1)
+    }
+
+    async fn rotate(&self, r: Rotation) -> Result<RotateOutcome, StoreError> {
+        let mut conn = self.conn().await?;
+        let outcome: String = self
+            .rotate
+            .key(format!(
+                "{}{}",
+                self.session_prefix(r.user_id),
+                r.session_id
+            ))
+            .key(self.index_key(r.user_id))
+            .arg(self.jti_prefix(r.user_id))
+            .arg(r.session_id.to_string())
+            .arg(r.presented_refresh_jti.to_string())
+            .arg(r.new_access_jti.to_string())
+            .arg(r.new_access_exp)
+            .arg(r.new_refresh_jti.to_string())
+            .arg(r.new_refresh_exp)
+            .arg(r.now)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store)?;
+        match outcome.as_str() {
+            "rotated" => Ok(RotateOutcome::Rotated),
+            "reused" => Ok(RotateOutcome::Reused),
+            "unknown" => Ok(RotateOutcome::Unknown),
+            other => Err(StoreError(format!("unexpected rotate answer {other:?}"))),
+        }
+    }
+
+    async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
+        Ok(self.run_revoke(user_id, Some(session_id)).await? > 0)
+    }
+
+    async fn revoke_all(&self, user_id: Uuid) -> Result<u64, StoreError> {
+        self.run_revoke(user_id, None).await
+    }
+
+    async fn list(&self, user_id: Uuid) -> Result<Vec<SessionInfo>, StoreError> {
+        let mut conn = self.conn().await?;
+        type Row = (String, String, i64, i64, i64, String, String);
+        let rows: Vec<Row> = self
+            .list
+            .key(self.index_key(user_id))
+            .arg(self.session_prefix(user_id))
+            .arg(chrono::Utc::now().timestamp())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store)?;
+        let mut sessions = rows
+            .into_iter()
+            .map(|(sid, uid, created, last_used, expires, ua, ip)| {
+                let parse = |s: &str| {
+                    Uuid::parse_str(s).map_err(|_| StoreError(format!("bad uuid {s:?} in store")))
+                };
+                Ok(SessionInfo {
+                    id: parse(&sid)?,
+                    user_id: parse(&uid)?,
+                    created_at: created,
+                    last_used_at: last_used,
+                    expires_at: expires,
+                    user_agent: Some(ua).filter(|s| !s.is_empty()),
+                    ip: Some(ip).filter(|s| !s.is_empty()),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        Ok(sessions)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(to_store)?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError(format!("unexpected PING answer {pong:?}")))
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Shared state handed to every endpoint. Cheap to clone: every field is a handle.
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
+use crate::{
+    auth::{cookies::CookiePolicy, password::PasswordService, tokens::TokenService},
+    config::Settings,
+    session::SessionStore,
+};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub sessions: Arc<dyn SessionStore>,
+    pub tokens: Arc<TokenService>,
+    pub passwords: PasswordService,
+    pub cookies: Arc<CookiePolicy>,
+    pub settings: Arc<Settings>,
+}

@@ -1,0 +1,231 @@
+//! Production refuses every unsafe setting at startup, each with a message saying how to fix
+//! it (API.md section 7).
+
+use std::collections::HashMap;
+
+use latchkey::{
+    config::{KeyPaths, KeySource, Settings},
+    startup::{Application, StartupError},
+};
+
+use crate::helpers::{KEYS, PemPair, SHORT_KEYS, inline_keys};
+
+fn production_vars() -> HashMap<String, String> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let b64 = |pem: &str| STANDARD.encode(pem);
+    [
+        ("APP_ENV", "production".to_owned()),
+        (
+            "DATABASE_URL",
+            "postgres://latchkey@127.0.0.1:1/none".into(),
+        ),
+        ("REDIS_URL", "redis://127.0.0.1:1".into()),
+        ("ACCESS_TOKEN_PRIVATE_KEY", b64(&KEYS.access.private_pem)),
+        ("ACCESS_TOKEN_PUBLIC_KEY", b64(&KEYS.access.public_pem)),
+        ("REFRESH_TOKEN_PRIVATE_KEY", b64(&KEYS.refresh.private_pem)),
+        ("REFRESH_TOKEN_PUBLIC_KEY", b64(&KEYS.refresh.public_pem)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+fn refusal(vars: &HashMap<String, String>) -> String {
+    match Settings::from_vars(vars) {
+        Ok(_) => panic!("production settings were accepted"),
+        Err(err) => err.to_string(),
+    }
+}
+
+/// Builds the application and returns the refusal; the configured services are unreachable,
+/// so a refusal must come before any connection is tried.
+async fn build_refusal(settings: Settings) -> String {
+    match Application::build(settings).await {
+        Err(StartupError::Config(err)) => err.to_string(),
+        Err(other) => panic!("expected a configuration refusal, got: {other}"),
+        Ok(_) => panic!("production settings were accepted"),
+    }
+}
+
+fn production_with_keys(keys: KeySource) -> Settings {
+    let mut settings = Settings::from_vars(&production_vars()).expect("valid production settings");
+    settings.keys = keys;
+    settings
+}
+
+#[test]
+fn valid_production_settings_are_accepted() {
+    let settings = Settings::from_vars(&production_vars()).expect("accepted");
+    assert!(settings.is_production());
+    assert!(settings.cookie_secure, "Secure is forced on in production");
+    assert!(!settings.generate_missing_keys);
+    assert!(settings.allowed_origins.is_empty());
+}
+
+#[test]
+fn production_refuses_a_missing_redis_url() {
+    let mut vars = production_vars();
+    vars.remove("REDIS_URL");
+    let message = refusal(&vars);
+    assert!(message.contains("REDIS_URL is not set"), "{message}");
+    assert!(
+        message.contains("REDIS_URL=redis://"),
+        "says how to fix: {message}"
+    );
+}
+
+#[test]
+fn production_refuses_a_missing_database_url() {
+    let mut vars = production_vars();
+    vars.remove("DATABASE_URL");
+    let message = refusal(&vars);
+    assert!(message.contains("DATABASE_URL is not set"), "{message}");
+    assert!(
+        message.contains("postgres://"),
+        "says how to fix: {message}"
+    );
+}
+
+#[test]
+fn production_refuses_cookies_that_are_not_secure() {
+    let mut vars = production_vars();
+    vars.insert("COOKIE_SECURE".into(), "false".into());
+    let message = refusal(&vars);
+    assert!(
+        message.contains("COOKIE_SECURE=false is refused"),
+        "{message}"
+    );
+    assert!(message.contains("TLS"), "{message}");
+}
+
+#[test]
+fn production_refuses_non_positive_lifetimes() {
+    for (var, value) in [
+        ("ACCESS_TOKEN_TTL", "0"),
+        ("ACCESS_TOKEN_TTL", "-5"),
+        ("REFRESH_TOKEN_TTL", "0"),
+    ] {
+        let mut vars = production_vars();
+        vars.insert(var.into(), value.into());
+        let message = refusal(&vars);
+        assert!(
+            message.contains(var) && message.contains("positive"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn production_refuses_an_access_lifetime_not_shorter_than_refresh() {
+    let mut vars = production_vars();
+    vars.insert("ACCESS_TOKEN_TTL".into(), "3600".into());
+    vars.insert("REFRESH_TOKEN_TTL".into(), "3600".into());
+    let message = refusal(&vars);
+    assert!(
+        message.contains("must be shorter than REFRESH_TOKEN_TTL"),
+        "{message}"
+    );
+}
+
+#[test]
+fn production_refuses_partial_or_broken_env_keys() {
+    let mut vars = production_vars();
+    vars.remove("REFRESH_TOKEN_PUBLIC_KEY");
+    let message = refusal(&vars);
+    assert!(
+        message.contains("REFRESH_TOKEN_PUBLIC_KEY is not set"),
+        "{message}"
+    );
+
+    let mut vars = production_vars();
+    vars.insert("ACCESS_TOKEN_PRIVATE_KEY".into(), "%%% not base64".into());
+    let message = refusal(&vars);
+    assert!(message.contains("base64 -w0"), "{message}");
+}
+
+#[tokio::test]
+async fn production_refuses_missing_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = production_with_keys(KeySource::Files(KeyPaths::in_dir(dir.path())));
+    let message = build_refusal(settings).await;
+    assert!(message.contains("is missing"), "{message}");
+    assert!(message.contains("latchkey keys generate"), "{message}");
+    // Production never generates keys on its own.
+    assert!(!dir.path().join("access_private.pem").exists());
+}
+
+#[tokio::test]
+async fn production_refuses_unreadable_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = KeyPaths::in_dir(dir.path());
+    for path in paths.all() {
+        // A directory where a file should be cannot be read, even by root.
+        std::fs::create_dir_all(path).unwrap();
+    }
+    let message = build_refusal(production_with_keys(KeySource::Files(paths))).await;
+    assert!(message.contains("unreadable"), "{message}");
+}
+
+#[tokio::test]
+async fn production_refuses_keys_shorter_than_2048_bits() {
+    let (short_access, short_refresh) = &*SHORT_KEYS;
+    let message = build_refusal(production_with_keys(inline_keys(
+        short_access,
+        short_refresh,
+    )))
+    .await;
+    assert!(message.contains("1024 bits"), "{message}");
+    assert!(message.contains("at least 2048"), "{message}");
+}
+
+#[tokio::test]
+async fn production_refuses_the_same_pair_for_access_and_refresh() {
+    let message = build_refusal(production_with_keys(inline_keys(
+        &KEYS.access,
+        &KEYS.access,
+    )))
+    .await;
+    assert!(
+        message.contains("the access and refresh key pairs are the same"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn production_refuses_a_public_key_that_does_not_match_its_private_key() {
+    let mismatched = PemPair {
+        private_pem: KEYS.refresh.private_pem.clone(),
+        public_pem: KEYS.stranger.public_pem.clone(),
+    };
+    let message = build_refusal(production_with_keys(inline_keys(&KEYS.access, &mismatched))).await;
+    assert!(
+        message.contains("refresh public key does not match"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn development_generates_missing_keys_into_the_key_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = KeyPaths::in_dir(dir.path().join("keys"));
+    let keys = tokio::task::spawn_blocking({
+        let source = KeySource::Files(paths.clone());
+        move || latchkey::auth::keys::Keys::load(&source, true, false)
+    })
+    .await
+    .unwrap()
+    .expect("generated");
+    assert_ne!(keys.access.kid, keys.refresh.kid);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&paths.access_private)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "private keys are 0600");
+    }
+    // A second generation without --force refuses to overwrite.
+    let again = latchkey::auth::keys::generate_key_dir(&dir.path().join("keys"), 2048, false);
+    assert!(again.unwrap_err().contains("--force"));
+}

@@ -1,0 +1,495 @@
+//! `TestApp`: the real server on port 0, on the embedded default (SQLite file + in-process
+//! store) or on real PostgreSQL (a fresh database per test) + Redis (a unique key prefix per
+//! test). The same test bodies run on both through `backend_tests!`.
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    sync::{Arc, LazyLock, Mutex},
+};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use latchkey::{
+    auth::keys::generate_pair,
+    config::{InlineKeys, KeySource, Settings},
+    startup::Application,
+    state::AppState,
+};
+use reqwest::{Response, StatusCode};
+use sea_orm::{ConnectionTrait, Database};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// Where a test's server keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file + in-process session store: what `cargo run` starts.
+    Embedded,
+    /// PostgreSQL + Redis: production's backends.
+    PostgresRedis,
+}
+
+/// PEM text of one RSA pair.
+pub struct PemPair {
+    pub private_pem: String,
+    pub public_pem: String,
+}
+
+impl PemPair {
+    fn generate(bits: usize) -> Self {
+        let pair = generate_pair(bits).expect("rsa key generation");
+        Self {
+            private_pem: pair.private_pem.expose_secret().to_owned(),
+            public_pem: pair.public_pem,
+        }
+    }
+
+    pub fn encoding_key(&self) -> EncodingKey {
+        EncodingKey::from_rsa_pem(self.private_pem.as_bytes()).expect("test key")
+    }
+}
+
+/// Keys made once per test run: RSA generation is slow.
+pub struct TestKeys {
+    pub access: PemPair,
+    pub refresh: PemPair,
+    /// A third pair that Latchkey does not know.
+    pub stranger: PemPair,
+}
+
+pub static KEYS: LazyLock<TestKeys> = LazyLock::new(|| TestKeys {
+    access: PemPair::generate(2048),
+    refresh: PemPair::generate(2048),
+    stranger: PemPair::generate(2048),
+});
+
+/// Small keys for the "too short for production" refusal.
+pub static SHORT_KEYS: LazyLock<(PemPair, PemPair)> =
+    LazyLock::new(|| (PemPair::generate(1024), PemPair::generate(1024)));
+
+pub fn inline_keys(access: &PemPair, refresh: &PemPair) -> KeySource {
+    KeySource::Inline(InlineKeys {
+        access_private: access.private_pem.clone().into(),
+        access_public: access.public_pem.clone(),
+        refresh_private: refresh.private_pem.clone().into(),
+        refresh_public: refresh.public_pem.clone(),
+    })
+}
+
+/// Every log line the service writes during the test run (all tests share one subscriber).
+pub static LOGS: LazyLock<Arc<Mutex<Vec<u8>>>> = LazyLock::new(|| {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("debug,latchkey=trace"))
+        .with_ansi(false)
+        .with_writer(move || LogWriter(writer.clone()))
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+    buffer
+});
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().expect("log buffer")).into_owned()
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("LATCHKEY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("LATCHKEY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Settings for a test server on `backend`, before any backend resources exist.
+pub fn base_settings() -> Settings {
+    let mut settings = Settings::development(inline_keys(&KEYS.access, &KEYS.refresh));
+    settings.port = 0;
+    settings.allowed_origins = vec!["https://app.example.com".into()];
+    settings
+}
+
+/// Resources a test owns on the real services, removed when the test ends.
+struct Provisioned {
+    database: Option<String>,
+    redis_prefix: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Provisioned {
+    async fn new(backend: Backend, settings: &mut Settings) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Embedded => {
+                settings.database_url =
+                    format!("sqlite://{}/latchkey.db?mode=rwc", dir.path().display()).into();
+                settings.redis_url = None;
+                Self {
+                    database: None,
+                    redis_prefix: None,
+                    _dir: dir,
+                }
+            }
+            Backend::PostgresRedis => {
+                let admin_url = postgres_admin_url();
+                let name = format!("latchkey_test_{}", Uuid::new_v4().simple());
+                let admin = Database::connect(&admin_url).await.unwrap_or_else(|err| {
+                    panic!(
+                        "PostgreSQL at {admin_url} is needed for the postgres_redis tests \
+                         (set LATCHKEY_TEST_DATABASE_URL): {err}"
+                    )
+                });
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                admin.close().await.ok();
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map(|(base, _)| base)
+                    .expect("database url with a path");
+                settings.database_url = format!("{base}/{name}").into();
+                let prefix = format!("latchkey-test:{}:", Uuid::new_v4().simple());
+                settings.redis_url = Some(redis_url().into());
+                settings.redis_key_prefix = prefix.clone();
+                Self {
+                    database: Some(name),
+                    redis_prefix: Some(prefix),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Provisioned {
+    fn drop(&mut self) {
+        let database = self.database.take();
+        let prefix = self.redis_prefix.take();
+        if database.is_none() && prefix.is_none() {
+            return;
+        }
+        // Drop cannot await: clean up on a thread with its own runtime.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async move {
+                if let Some(name) = database
+                    && let Ok(admin) = Database::connect(&postgres_admin_url()).await
+                {
+                    let _ = admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                    admin.close().await.ok();
+                }
+                if let Some(prefix) = prefix
+                    && let Ok(client) = redis::Client::open(redis_url())
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{prefix}*"))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<i64, _> =
+                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A running server and a client for it.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    // Declared last: dropped after the server has been told to stop.
+    _provisioned: Provisioned,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Spawns with settings adjusted by `configure` (after the backend is provisioned).
+    pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> Self {
+        LazyLock::force(&LOGS);
+        let mut settings = base_settings();
+        let provisioned = Provisioned::new(backend, &mut settings).await;
+        configure(&mut settings);
+        let app = Application::build(settings)
+            .await
+            .expect("the test application builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let state = app.state().clone();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(app.run_until(rx));
+        Self {
+            address,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("http client"),
+            state,
+            shutdown: Some(tx),
+            _provisioned: provisioned,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn register(&self, name: &str, email: &str, password: &str) -> Response {
+        self.post_json(
+            "/api/v1/auth/register",
+            &json!({"name": name, "email": email, "password": password, "password_confirm": password}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post_json(
+            "/api/v1/auth/login",
+            &json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post_json(
+            "/api/v1/auth/refresh",
+            &json!({"refresh_token": refresh_token}),
+        )
+        .await
+    }
+
+    pub async fn me(&self, access_token: &str) -> Response {
+        self.client
+            .get(self.url("/api/v1/users/me"))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn logout(&self, access_token: &str) -> Response {
+        self.client
+            .post(self.url("/api/v1/auth/logout"))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Registers and logs in a fresh user.
+    pub async fn signed_in_user(&self) -> TestUser {
+        let user = TestUser::generate();
+        let response = self.register(&user.name, &user.email, &user.password).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "register");
+        let response = self.login(&user.email, &user.password).await;
+        assert_eq!(response.status(), StatusCode::OK, "login");
+        let body: Value = response.json().await.expect("token pair");
+        TestUser {
+            tokens: Some(Tokens::from_json(&body)),
+            id: body["user"]["id"].as_str().map(str::to_owned),
+            ..user
+        }
+    }
+}
+
+/// A user the test made, with the tokens of its latest login or refresh.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub name: String,
+    pub email: String,
+    pub password: String,
+    pub id: Option<String>,
+    pub tokens: Option<Tokens>,
+}
+
+impl TestUser {
+    pub fn generate() -> Self {
+        let tag = Uuid::new_v4().simple().to_string();
+        Self {
+            name: format!("User {}", &tag[..8]),
+            email: format!("user-{}@example.com", &tag[..12]),
+            password: format!("pw-{tag}-Secret!"),
+            id: None,
+            tokens: None,
+        }
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        self.tokens.as_ref().expect("signed in")
+    }
+
+    pub fn user_id(&self) -> Uuid {
+        self.id
+            .as_deref()
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .expect("user id")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+    pub session_id: String,
+}
+
+impl Tokens {
+    pub fn from_json(body: &Value) -> Self {
+        Self {
+            access: body["access_token"].as_str().expect("access_token").into(),
+            refresh: body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .into(),
+            session_id: body["session_id"].as_str().expect("session_id").into(),
+        }
+    }
+}
+
+/// The claims of a token, read without verification (to forge variants of real tokens).
+pub fn claims_of(token: &str) -> serde_json::Map<String, Value> {
+    jsonwebtoken::dangerous::insecure_decode_claims(token).expect("readable claims")
+}
+
+/// The `kid` a token carries.
+pub fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token)
+        .expect("header")
+        .kid
+        .expect("kid")
+}
+
+/// Signs `claims` with RS256 and `key`, with the given `kid`.
+pub fn sign_rs256(claims: &Value, key: &EncodingKey, kid: &str) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, key).expect("sign")
+}
+
+/// Status and parsed JSON body of a response.
+pub async fn status_and_json(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text}));
+    (status, body)
+}
+
+/// Asserts the contract's error shape and code.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
+    let (actual, body) = status_and_json(response).await;
+    assert_eq!(actual, status, "status (body {body})");
+    assert_eq!(body["error"]["code"], code, "error code (body {body})");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "a message (body {body})"
+    );
+    body
+}
+
+/// `Set-Cookie` headers of a response, by cookie name.
+pub fn set_cookies(response: &Response) -> HashMap<String, String> {
+    response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| {
+            let name = v.split('=').next()?.trim().to_owned();
+            Some((name, v.to_owned()))
+        })
+        .collect()
+}
+
+/// The attributes of a `Set-Cookie` header, lower-cased names, without the name=value pair.
+pub fn cookie_attributes(header: &str) -> HashMap<String, String> {
+    header
+        .split(';')
+        .skip(1)
+        .map(|part| {
+            let part = part.trim();
+            match part.split_once('=') {
+                Some((k, v)) => (k.trim().to_ascii_lowercase(), v.trim().to_owned()),
+                None => (part.to_ascii_lowercase(), String::new()),
+            }
+        })
+        .collect()
+}
+
+/// The value of a `Set-Cookie` header.
+pub fn cookie_value(header: &str) -> String {
+    header
+        .split(';')
+        .next()
+        .and_then(|pair| pair.split_once('='))
+        .map(|(_, v)| v.to_owned())
+        .unwrap_or_default()
+}
+
+/// Generates, for each test function named, one test per backend:
+/// `name::embedded` and `name::postgres_redis`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn embedded() {
+                    super::$name($crate::helpers::TestApp::spawn($crate::helpers::Backend::Embedded).await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_redis() {
+                    super::$name($crate::helpers::TestApp::spawn($crate::helpers::Backend::PostgresRedis).await).await;
+                }
+            }
+        )*
+    };
+}

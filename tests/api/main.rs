@@ -1,0 +1,13 @@
+//! The one integration test binary. Every `backend_tests!` test runs twice: on the embedded
+//! default (`::embedded`) and on PostgreSQL + Redis (`::postgres_redis`).
+
+mod helpers;
+
+mod config;
+mod cookies;
+mod health_and_docs;
+mod lifecycle;
+mod malformed;
+mod secrets;
+mod session_store;
+mod token_security;
