@@ -1,7 +1,7 @@
 //! User queries. They return `DbErr`, never HTTP types: the API layer decides what a failure
 //! means to a client.
 
-use chrono::Utc;
+use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set,
 };
@@ -11,6 +11,11 @@ use super::entities::user;
 
 /// The role every new account gets.
 pub const DEFAULT_ROLE: &str = "user";
+
+/// Now, at the microsecond precision PostgreSQL stores, so every backend returns the same value.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
 
 /// Fields of a new account, already validated and normalised.
 pub struct NewUser {
@@ -23,7 +28,7 @@ pub struct NewUser {
 /// Inserts a user. A taken email fails with a unique-constraint `DbErr` (see
 /// [`is_unique_violation`]).
 pub async fn insert(db: &DatabaseConnection, new: NewUser) -> Result<user::Model, DbErr> {
-    let now = Utc::now();
+    let now = now();
     user::ActiveModel {
         id: Set(Uuid::new_v4()),
         name: Set(new.name),
@@ -60,7 +65,7 @@ pub async fn update_name(
 ) -> Result<user::Model, DbErr> {
     let mut active: user::ActiveModel = user.into();
     active.name = Set(name);
-    active.updated_at = Set(Utc::now());
+    active.updated_at = Set(now());
     active.update(db).await
 }
 
@@ -79,7 +84,7 @@ pub async fn set_role(
     };
     let mut active: user::ActiveModel = found.into();
     active.role = Set(role.to_owned());
-    active.updated_at = Set(Utc::now());
+    active.updated_at = Set(now());
     active.update(db).await.map(Some)
 }
 

@@ -120,7 +120,13 @@ impl RedisStore {
     /// `prefix`.
     pub fn new(url: &str, prefix: &str, pool_size: usize) -> Result<Self, StoreError> {
         let mut config = Config::from_url(url);
-        config.pool = Some(PoolConfig::new(pool_size));
+        let mut pool_config = PoolConfig::new(pool_size);
+        // A Redis that hangs must not hang requests: fail fast and let the caller answer 503.
+        let limit = Some(std::time::Duration::from_secs(2));
+        pool_config.timeouts.wait = limit;
+        pool_config.timeouts.create = limit;
+        pool_config.timeouts.recycle = limit;
+        config.pool = Some(pool_config);
         let pool = config
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|err| StoreError(format!("invalid REDIS_URL: {err}")))?;

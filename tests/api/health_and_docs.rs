@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::{
     backend_tests,
-    helpers::{KEYS, TestApp, assert_error, status_and_json},
+    helpers::{Backend, KEYS, TestApp, assert_error, status_and_json},
 };
 
 backend_tests!(
@@ -141,6 +141,95 @@ async fn docs_and_spec_are_served(app: TestApp) {
             .unwrap(),
         StatusCode::UNAUTHORIZED,
         "missing_token",
+    )
+    .await;
+}
+
+/// A Redis of the test's own, on a free port, that the test can stop.
+struct OwnRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self { child, url }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_the_session_store_when_redis_is_down() {
+    let mut redis = OwnRedis::start();
+    let url = redis.url.clone();
+    let app = TestApp::spawn_with(Backend::Embedded, |s| s.redis_url = Some(url.into())).await;
+    let ready = || app.client.get(app.url("/health/ready")).send();
+    assert_eq!(ready().await.unwrap().status(), StatusCode::OK);
+    let user = app.signed_in_user().await;
+
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+    let response = ready().await.unwrap();
+    assert!(response.headers().contains_key("retry-after"));
+    let body = assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    assert_eq!(body["error"]["details"][0]["field"], "session_store");
+    assert_eq!(
+        body["error"]["details"].as_array().unwrap().len(),
+        1,
+        "the database is up"
+    );
+    // Liveness does not depend on the store.
+    let live = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    // A protected request cannot check revocation: 503, never a pass and never a 500.
+    let response = app.me(&user.tokens().access).await;
+    assert!(response.headers().contains_key("retry-after"));
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
     )
     .await;
 }

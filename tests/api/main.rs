@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod cli;
 mod config;
 mod cookies;
 mod health_and_docs;

@@ -1,0 +1,178 @@
+//! The `latchkey` binary itself: key generation, the first admin, and startup refusals.
+
+use std::{
+    io::Write,
+    path::Path,
+    process::{Command, Output, Stdio},
+};
+
+use reqwest::StatusCode;
+
+use crate::helpers::{Backend, TestApp, status_and_json};
+
+fn latchkey(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run latchkey");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("latchkey output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_create_makes_the_first_admin_who_can_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/cli.db?mode=rwc", dir.path().display());
+    let output = latchkey(
+        dir.path(),
+        &[
+            "user",
+            "create",
+            "--email",
+            " Root@Example.COM ",
+            "--name",
+            "Root",
+            "--role",
+            "admin",
+        ],
+        &[("DATABASE_URL", &url)],
+        "an admin password\n",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("root@example.com (admin)"));
+
+    let app = TestApp::spawn_with(Backend::Embedded, |s| s.database_url = url.clone().into()).await;
+    let (status, body) =
+        status_and_json(app.login("root@example.com", "an admin password").await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"]["role"], "admin");
+
+    // The same email again is refused.
+    let output = latchkey(
+        dir.path(),
+        &[
+            "user",
+            "create",
+            "--email",
+            "root@example.com",
+            "--name",
+            "Again",
+        ],
+        &[("DATABASE_URL", &url)],
+        "another password\n",
+    );
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already exists"));
+}
+
+#[test]
+fn user_create_refuses_a_short_password_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/cli.db?mode=rwc", dir.path().display());
+    let output = latchkey(
+        dir.path(),
+        &["user", "create", "--email", "a@example.com", "--name", "A"],
+        &[("DATABASE_URL", &url)],
+        "short\n",
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("at least 8 characters"), "{stderr}");
+    assert!(
+        !stderr.contains("short"),
+        "the password is not echoed: {stderr}"
+    );
+}
+
+#[test]
+fn keys_generate_writes_0600_private_keys_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = latchkey(
+        dir.path(),
+        &["keys", "generate", "--dir", "k", "--bits", "2048"],
+        &[],
+        "",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let keys = dir.path().join("k");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for name in ["access_private.pem", "refresh_private.pem"] {
+            let mode = std::fs::metadata(keys.join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+    }
+    let before = std::fs::read(keys.join("access_private.pem")).unwrap();
+    let output = latchkey(dir.path(), &["keys", "generate", "--dir", "k"], &[], "");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--force"));
+    assert_eq!(
+        std::fs::read(keys.join("access_private.pem")).unwrap(),
+        before
+    );
+
+    let output = latchkey(
+        dir.path(),
+        &["keys", "generate", "--dir", "k", "--force"],
+        &[],
+        "",
+    );
+    assert!(output.status.success());
+    assert_ne!(
+        std::fs::read(keys.join("access_private.pem")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn production_startup_refusal_exits_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = latchkey(
+        dir.path(),
+        &["serve"],
+        &[
+            ("APP_ENV", "production"),
+            ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
+        ],
+        "",
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("REDIS_URL is not set"), "{stderr}");
+    // Nothing was created in the working directory.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn openapi_command_prints_the_committed_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = latchkey(dir.path(), &["openapi"], &[], "");
+    assert!(output.status.success());
+    let committed =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi/openapi.json"))
+            .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), committed);
+}
