@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1
+#
+# Latchkey container image.
+#   docker build -t latchkey .
+# Configuration comes from the environment (see app.env.example); keys are NOT part of the image:
+# mount them (docker-compose.yml mounts ./keys at /keys) or pass them as base64 variables.
+
+# ---- build ---------------------------------------------------------------------------------------
+FROM rust:1.95-bookworm AS builder
+WORKDIR /src
+
+# The workspace: the service (".") and the "migration" crate.
+COPY Cargo.toml Cargo.lock ./
+COPY migration/ migration/
+COPY src/ src/
+COPY openapi/ openapi/
+
+# The cache mounts keep the crate registry and compiled dependencies between builds (BuildKit,
+# the default builder of current Docker). target/ lives in a cache mount, so the binary is copied
+# out in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin latchkey \
+    && cp target/release/latchkey /usr/local/bin/latchkey
+
+# ---- runtime -------------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+
+# ca-certificates: CA roots for outbound TLS; curl: the health check.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/*
+
+# An unprivileged user with a fixed uid/gid, so mounted files can be granted to it
+# (e.g. `sudo chown 10001:10001 keys/*.pem` on the host).
+RUN groupadd --system --gid 10001 latchkey \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app \
+       --shell /usr/sbin/nologin latchkey \
+    && mkdir /app \
+    && chown latchkey:latchkey /app
+
+COPY --from=builder /usr/local/bin/latchkey /usr/local/bin/latchkey
+
+# The working directory: `.env`/`app.env` would be read from here, and in development the SQLite
+# file (data/) and generated keys (keys/) would be created here.
+WORKDIR /app
+USER 10001:10001
+
+ENV HOST=0.0.0.0 \
+    PORT=8000
+EXPOSE 8000
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8000/health/live || exit 1
+
+ENTRYPOINT ["latchkey"]
+CMD ["serve"]
