@@ -9,7 +9,7 @@ use crate::{
     api::validate::Validator,
     auth::{keys, password::PasswordService},
     config::Settings,
-    db,
+    db::{self, entities::user::Role},
     startup::Application,
 };
 
@@ -68,11 +68,11 @@ pub enum RoleArg {
     Admin,
 }
 
-impl RoleArg {
-    fn as_str(self) -> &'static str {
-        match self {
-            RoleArg::User => "user",
-            RoleArg::Admin => "admin",
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::User => Role::User,
+            RoleArg::Admin => Role::Admin,
         }
     }
 }
@@ -156,7 +156,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     name,
                     email,
                     password_hash,
-                    role: role.as_str().into(),
+                    role: role.into(),
                 },
             )
             .await
@@ -167,7 +167,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     err.into()
                 }
             })?;
-            println!("created {} {} ({})", user.id, user.email, user.role);
+            println!(
+                "created {} {} ({})",
+                user.id,
+                user.email,
+                user.role.as_str()
+            );
         }
         Command::User {
             command: UserCommand::SetRole { email, role },
@@ -176,8 +181,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let db = db::connect(settings.database_url.expose_secret()).await?;
             db::migrate(&db).await?;
             let email = crate::api::validate::normalize_email(&email);
-            match db::users::set_role(&db, &email, role.as_str()).await? {
-                Some(user) => println!("{} is now {}", user.email, user.role),
+            match db::users::set_role(&db, &email, role.into()).await? {
+                Some(user) => println!("{} is now {}", user.email, user.role.as_str()),
                 None => anyhow::bail!("no account with email {email}"),
             }
         }

@@ -121,6 +121,8 @@ pub struct Settings {
     pub access_ttl_secs: i64,
     pub refresh_ttl_secs: i64,
     pub leeway_secs: u64,
+    /// Seconds during which a just-rotated refresh token gets the same new pair again.
+    pub refresh_grace_secs: i64,
     pub cookie_secure: bool,
     pub cookie_domain: Option<String>,
     pub allowed_origins: Vec<String>,
@@ -154,10 +156,17 @@ impl fmt::Debug for Settings {
             .field("audience", &self.audience)
             .field("access_ttl_secs", &self.access_ttl_secs)
             .field("refresh_ttl_secs", &self.refresh_ttl_secs)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("refresh_grace_secs", &self.refresh_grace_secs)
             .field("cookie_secure", &self.cookie_secure)
+            .field("cookie_domain", &self.cookie_domain)
             .field("allowed_origins", &self.allowed_origins)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("argon2", &self.argon2)
+            .field("hash_concurrency", &self.hash_concurrency)
+            .field("redis_pool_size", &self.redis_pool_size)
+            .field("jwks_max_age_secs", &self.jwks_max_age_secs)
+            .field("log_format", &self.log_format)
             .finish_non_exhaustive()
     }
 }
@@ -190,6 +199,22 @@ impl ConfigError {
     fn invalid(var: &str, value: &str, expected: &str) -> Self {
         Self(format!("{var}={value:?} is invalid: expected {expected}"))
     }
+}
+
+/// Upper bounds on token lifetimes: beyond them a token is effectively permanent.
+pub const MAX_ACCESS_TTL_SECS: i64 = 24 * 3600;
+pub const MAX_REFRESH_TTL_SECS: i64 = 366 * 24 * 3600;
+/// Upper bound on the refresh grace window.
+pub const MAX_REFRESH_GRACE_SECS: i64 = 60;
+
+/// `scheme://host[:port]`, nothing else.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' '])
 }
 
 /// The development database: a SQLite file under the working directory, created on first start.
@@ -236,13 +261,6 @@ impl Settings {
             None => DEFAULT_DATABASE_URL.to_owned(),
         };
         let redis_url = get("REDIS_URL");
-        if production && redis_url.is_none() {
-            return Err(ConfigError(
-                "REDIS_URL is not set: production needs Redis so that every instance shares \
-                 revocation state, e.g. REDIS_URL=redis://redis:6379"
-                    .into(),
-            ));
-        }
 
         let keys = key_source(&get)?;
         let cookie_secure = match get("COOKIE_SECURE") {
@@ -277,10 +295,7 @@ impl Settings {
             port,
             database_url: database_url.into(),
             redis_url: redis_url.map(Into::into),
-            redis_key_prefix: vars
-                .get("REDIS_KEY_PREFIX")
-                .cloned()
-                .unwrap_or_else(|| "latchkey:".into()),
+            redis_key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "latchkey:".into()),
             redis_pool_size: parse_or(&get, "REDIS_POOL_SIZE", 32)?,
             keys,
             generate_missing_keys: !production,
@@ -289,6 +304,7 @@ impl Settings {
             access_ttl_secs: parse_or(&get, "ACCESS_TOKEN_TTL", 15 * 60)?,
             refresh_ttl_secs: parse_or(&get, "REFRESH_TOKEN_TTL", 7 * 24 * 3600)?,
             leeway_secs: parse_or(&get, "JWT_LEEWAY", 30)?,
+            refresh_grace_secs: parse_or(&get, "REFRESH_REUSE_GRACE", 10)?,
             cookie_secure,
             cookie_domain: get("COOKIE_DOMAIN"),
             allowed_origins,
@@ -337,6 +353,41 @@ impl Settings {
                 self.access_ttl_secs, self.refresh_ttl_secs
             )));
         }
+        if self.access_ttl_secs > MAX_ACCESS_TTL_SECS {
+            return Err(ConfigError(format!(
+                "ACCESS_TOKEN_TTL={} is too long: access tokens live at most {MAX_ACCESS_TTL_SECS} \
+                 seconds (one day); use refresh tokens for long sessions",
+                self.access_ttl_secs
+            )));
+        }
+        if self.refresh_ttl_secs > MAX_REFRESH_TTL_SECS {
+            return Err(ConfigError(format!(
+                "REFRESH_TOKEN_TTL={} is too long: at most {MAX_REFRESH_TTL_SECS} seconds (one year)",
+                self.refresh_ttl_secs
+            )));
+        }
+        if !(0..=MAX_REFRESH_GRACE_SECS).contains(&self.refresh_grace_secs) {
+            return Err(ConfigError(format!(
+                "REFRESH_REUSE_GRACE={} must be between 0 (no grace) and {MAX_REFRESH_GRACE_SECS} \
+                 seconds (default 10): a long window lets a stolen refresh token ride along",
+                self.refresh_grace_secs
+            )));
+        }
+        if self.redis_key_prefix.contains(['{', '}']) {
+            return Err(ConfigError(format!(
+                "REDIS_KEY_PREFIX={:?} must not contain braces: Latchkey adds its own Redis Cluster \
+                 hash tags",
+                self.redis_key_prefix
+            )));
+        }
+        for origin in &self.allowed_origins {
+            if !is_origin(origin) {
+                return Err(ConfigError(format!(
+                    "ALLOWED_ORIGINS entry {origin:?} is not an origin: write scheme://host[:port] \
+                     with no path, e.g. https://app.example.com"
+                )));
+            }
+        }
         if self.hash_concurrency == 0 {
             return Err(ConfigError(
                 "PASSWORD_HASH_CONCURRENCY must be at least 1".into(),
@@ -365,8 +416,12 @@ impl Settings {
                         .into(),
                 ));
             }
-            if self.database_url.expose_secret().is_empty() {
-                return Err(ConfigError("DATABASE_URL is not set".into()));
+            if !self.database_url.expose_secret().starts_with("postgres") {
+                return Err(ConfigError(
+                    "DATABASE_URL must be a PostgreSQL URL in production (SQLite cannot be shared \
+                     by several instances), e.g. postgres://latchkey:PASSWORD@db:5432/latchkey"
+                        .into(),
+                ));
             }
             if !self.cookie_secure {
                 return Err(ConfigError(

@@ -48,6 +48,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 409: an account with this email exists.
     EmailTaken,
+    /// 409: the change would leave no active admin.
+    LastAdmin,
     /// 413: the request body is larger than 64 KiB.
     PayloadTooLarge,
     /// 415: the request body is not `application/json`.
@@ -72,7 +74,7 @@ impl ErrorCode {
             CsrfRejected | AccountDisabled | Forbidden => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            EmailTaken => StatusCode::CONFLICT,
+            EmailTaken | LastAdmin => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
@@ -240,7 +242,7 @@ impl ApiResponse for ApiError {
             (403, "csrf_rejected, account_disabled or forbidden"),
             (404, "not_found"),
             (405, "method_not_allowed"),
-            (409, "email_taken"),
+            (409, "email_taken or last_admin"),
             (413, "payload_too_large: bodies are limited to 64 KiB"),
             (
                 415,

@@ -10,7 +10,6 @@ use poem::{
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
     middleware::CookieJarManager,
 };
-use tokio::sync::oneshot;
 
 use crate::{
     api,
@@ -106,7 +105,17 @@ impl Application {
             access_ttl_secs: settings.access_ttl_secs,
             refresh_ttl_secs: settings.refresh_ttl_secs,
         });
-        let addr = format!("{}:{}", settings.host, settings.port);
+        if settings.is_production() && settings.allowed_origins.is_empty() {
+            tracing::warn!(
+                "ALLOWED_ORIGINS is empty: browsers can use cookies only for safe requests \
+                 (every cookie-authenticated POST/PATCH/DELETE, cookie refresh included, gets 403)"
+            );
+        }
+        let addr = if settings.host.contains(':') && !settings.host.starts_with('[') {
+            format!("[{}]:{}", settings.host, settings.port)
+        } else {
+            format!("{}:{}", settings.host, settings.port)
+        };
         let acceptor = TcpListener::bind(addr.clone())
             .into_acceptor()
             .await
@@ -145,26 +154,51 @@ impl Application {
         &self.state
     }
 
-    /// Serves until the process is stopped.
+    /// Serves until SIGTERM or Ctrl-C, then finishes in-flight requests.
     pub async fn run(self) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr, "latchkey listening");
-        Server::new_with_acceptor(self.acceptor)
-            .run(routes(self.state))
-            .await
+        self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `shutdown` fires, then finishes in-flight requests.
-    pub async fn run_until(self, shutdown: oneshot::Receiver<()>) -> std::io::Result<()> {
+    /// Serves until `shutdown` completes, then finishes in-flight requests (at most 10 s).
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
         Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 routes(self.state),
-                async {
-                    let _ = shutdown.await;
-                },
-                None,
+                shutdown,
+                Some(std::time::Duration::from_secs(10)),
             )
             .await
     }
+}
+
+/// Completes on SIGTERM (what orchestrators send) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
 }
 
 /// The whole HTTP surface with its middleware.

@@ -15,7 +15,12 @@ impl MigrationTrait for Migration {
                     .col(string_len(Users::Name, 100))
                     .col(string_len_uniq(Users::Email, 320))
                     .col(string(Users::PasswordHash))
-                    .col(string_len(Users::Role, 32).default("user"))
+                    // The roles the service knows; a later migration widens this to add one.
+                    .col(
+                        string_len(Users::Role, 32)
+                            .default("user")
+                            .check(Expr::col(Users::Role).is_in(["user", "admin"])),
+                    )
                     .col(boolean(Users::Disabled).default(false))
                     .col(timestamp_with_time_zone(Users::CreatedAt))
                     .col(timestamp_with_time_zone(Users::UpdatedAt))

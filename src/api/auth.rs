@@ -11,8 +11,16 @@ use super::{
     validate::{Validator, normalize_email},
 };
 use crate::{
-    auth::{cookies::REFRESH_COOKIE, csrf, guard::Authenticated, tokens::IssuedPair},
-    db::{entities::user, users},
+    auth::{
+        cookies::REFRESH_COOKIE,
+        csrf,
+        guard::Authenticated,
+        tokens::{IssuedPair, PairClaims},
+    },
+    db::{
+        entities::user::{self, Role},
+        users,
+    },
     error::{ApiError, ErrorCode},
     session::{NewSession, RotateOutcome, Rotation},
     state::AppState,
@@ -133,7 +141,7 @@ impl AuthApi {
                 name,
                 email,
                 password_hash,
-                role: users::DEFAULT_ROLE.into(),
+                role: Role::User,
             },
         )
         .await;
@@ -195,7 +203,7 @@ impl AuthApi {
         let session_id = Uuid::new_v4();
         let pair = state
             .tokens
-            .issue_pair(user.id, &user.role, session_id)
+            .issue_pair(user.id, user.role.as_str(), session_id)
             .await?;
         let ip = client_ip(req, &state.settings.trusted_proxies);
         state
@@ -224,8 +232,10 @@ impl AuthApi {
     /// The refresh token comes from the JSON body `{refresh_token}` or, when the body is
     /// absent, empty or `{}`, from the `refresh_token` cookie (then the CSRF check applies).
     /// The presented refresh token and the session's previous access token stop working.
-    /// Presenting a rotated-away refresh token again revokes the whole session: 401
-    /// `refresh_token_reused`.
+    /// The same refresh token presented again within the grace window (`REFRESH_REUSE_GRACE`,
+    /// default 10 s) after its rotation gets the same new pair back (two tabs refreshing at
+    /// once). Presented later, or two rotations back, it is reuse: the whole session is revoked
+    /// and the answer is 401 `refresh_token_reused`.
     #[oai(path = "/refresh", method = "post", operation_id = "refresh")]
     async fn refresh(
         &self,
@@ -258,8 +268,14 @@ impl AuthApi {
             .ok_or_else(ApiError::invalid_token)?;
         let pair = state
             .tokens
-            .issue_pair(user.id, &user.role, claims.sid)
+            .issue_pair(user.id, user.role.as_str(), claims.sid)
             .await?;
+        let grace_payload = serde_json::to_string(&PairClaims {
+            access: pair.access.clone(),
+            refresh: pair.refresh.clone(),
+        })
+        .map_err(anyhow::Error::from)?;
+        // One atomic step in the store: only the session's current refresh token rotates.
         let outcome = state
             .sessions
             .rotate(Rotation {
@@ -271,14 +287,18 @@ impl AuthApi {
                 new_refresh_jti: pair.refresh.jti,
                 new_refresh_exp: pair.refresh.exp,
                 now: pair.access.iat,
+                grace_secs: state.settings.refresh_grace_secs,
+                grace_payload,
             })
             .await?;
-        match outcome {
-            RotateOutcome::Rotated => {
-                state
-                    .cookies
-                    .set_session(req.cookie(), &pair.access_token, &pair.refresh_token);
-                Ok(TokenResult::Ok(Json(TokenPair::new(pair, user))))
+        let pair = match outcome {
+            RotateOutcome::Rotated => pair,
+            RotateOutcome::Grace(payload) => {
+                // A concurrent duplicate (two tabs): answer with the pair the winner got; the
+                // pair signed above was never stored, so it never works.
+                let claims: PairClaims =
+                    serde_json::from_str(&payload).map_err(anyhow::Error::from)?;
+                state.tokens.sign_pair(claims).await?
             }
             RotateOutcome::Reused => {
                 tracing::warn!(
@@ -286,13 +306,32 @@ impl AuthApi {
                     session_id = %claims.sid,
                     "refresh token reuse detected: session revoked"
                 );
-                Err(ApiError::new(
+                return Err(ApiError::new(
                     ErrorCode::RefreshTokenReused,
                     "this refresh token was already used; the session has been revoked",
-                ))
+                ));
             }
-            RotateOutcome::Unknown => Err(ApiError::invalid_token()),
-        }
+            RotateOutcome::Unknown => return Err(ApiError::invalid_token()),
+        };
+        state
+            .cookies
+            .set_session(req.cookie(), &pair.access_token, &pair.refresh_token);
+        Ok(TokenResult::Ok(Json(TokenPair::new(pair, user))))
+    }
+
+    /// Log out of every session of the signed-in user (every device): all their tokens are
+    /// revoked and this client's cookies cleared.
+    #[oai(path = "/logout-all", method = "post", operation_id = "logout_all")]
+    async fn logout_all(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        auth: Authenticated,
+    ) -> Result<LogoutResult, ApiError> {
+        let revoked = state.sessions.revoke_all(auth.user.id, None).await?;
+        tracing::info!(user_id = %auth.user.id, revoked, "logout-all");
+        state.cookies.clear_session(req.cookie());
+        Ok(LogoutResult::LoggedOut)
     }
 
     /// Log out of the current session: its tokens are revoked and the cookies cleared.

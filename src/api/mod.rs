@@ -1,10 +1,12 @@
 //! The HTTP API: one `#[OpenApi]` struct per resource, combined into one service, plus the
 //! request types and rules they share.
 
+pub mod admin;
 pub mod auth;
 pub mod health;
 pub mod jwks;
 pub mod request;
+pub mod sessions;
 pub mod users;
 pub mod validate;
 
@@ -15,10 +17,14 @@ use poem_openapi::{OpenApiService, Tags};
 pub enum ApiTags {
     /// Registration, login, token refresh and logout.
     Auth,
+    /// The signed-in user's sessions (devices).
+    Sessions,
     /// The signed-in user's own account.
     Users,
     /// Public keys for verifying access tokens elsewhere.
     Keys,
+    /// Account administration (admins only).
+    Admin,
     /// Liveness and readiness probes.
     Health,
 }
@@ -38,7 +44,9 @@ bodies that are not JSON, or fields of the wrong type, are 400 `malformed_reques
 /// Every endpoint as one OpenAPI service.
 pub type Api = (
     auth::AuthApi,
+    sessions::SessionsApi,
     users::UsersApi,
+    admin::AdminApi,
     jwks::JwksApi,
     health::HealthApi,
 );
@@ -47,7 +55,9 @@ pub fn service() -> OpenApiService<Api, ()> {
     OpenApiService::new(
         (
             auth::AuthApi,
+            sessions::SessionsApi,
             users::UsersApi,
+            admin::AdminApi,
             jwks::JwksApi,
             health::HealthApi,
         ),

@@ -35,7 +35,7 @@ impl From<user::Model> for UserResponse {
             id: user.id,
             name: user.name,
             email: user.email,
-            role: user.role,
+            role: user.role.as_str().to_owned(),
             created_at: user.created_at,
             updated_at: user.updated_at,
         }
@@ -59,6 +59,50 @@ impl From<user::Model> for UserEnvelope {
 pub struct UpdateMeRequest {
     /// Required: trimmed, 1 to 100 characters.
     pub name: Option<Text>,
+}
+
+/// A password change.
+#[derive(Object)]
+pub struct ChangePasswordRequest {
+    /// Required: the password in use now.
+    pub current_password: Option<Text>,
+    /// Required: 8 to 128 characters (Unicode scalar values), used exactly as given.
+    pub new_password: Option<Text>,
+}
+
+/// Confirmation for deleting the account.
+#[derive(Object)]
+pub struct DeleteAccountRequest {
+    /// Required: the account's password.
+    pub password: Option<Text>,
+}
+
+#[derive(ApiResponse)]
+pub enum NoContentResult {
+    /// Done.
+    #[oai(status = 204)]
+    Done,
+}
+
+/// Checks the caller's password; a wrong one is a 422 on the field, so a client does not
+/// mistake it for an expired token.
+async fn confirm_password(
+    state: &AppState,
+    user: &user::Model,
+    field: &str,
+    password: String,
+) -> Result<(), ApiError> {
+    let valid = state
+        .passwords
+        .verify(password.into(), Some(user.password_hash.clone()))
+        .await?;
+    if valid {
+        Ok(())
+    } else {
+        let mut v = Validator::new();
+        v.fail(field, "is incorrect");
+        v.finish(None::<()>)
+    }
 }
 
 #[derive(ApiResponse)]
@@ -91,5 +135,56 @@ impl UsersApi {
         let name = v.finish(name)?;
         let user = users::update_name(&state.db, auth.user, name).await?;
         Ok(UserResult::Ok(Json(user.into())))
+    }
+
+    /// Change the signed-in user's password. Every other session is revoked; this one stays.
+    /// A wrong `current_password` is 422 `validation_failed`.
+    #[oai(
+        path = "/me/password",
+        method = "post",
+        operation_id = "change_password"
+    )]
+    async fn change_password(
+        &self,
+        state: poem::web::Data<&AppState>,
+        auth: Authenticated,
+        body: Json<ChangePasswordRequest>,
+    ) -> Result<NoContentResult, ApiError> {
+        let body = body.0;
+        let mut v = Validator::new();
+        let current = v.given_password("current_password", text(body.current_password));
+        let new = v.new_password("new_password", text(body.new_password));
+        let (current, new) = v.finish(current.zip(new))?;
+        confirm_password(&state, &auth.user, "current_password", current).await?;
+        let hash = state.passwords.hash(new.into()).await?;
+        let user = users::update_password_hash(&state.db, auth.user, hash).await?;
+        // Whoever else holds a session may be the reason for the change: end them all.
+        let revoked = state
+            .sessions
+            .revoke_all(user.id, Some(auth.session_id))
+            .await?;
+        tracing::info!(user_id = %user.id, revoked, "password changed");
+        Ok(NoContentResult::Done)
+    }
+
+    /// Delete the signed-in user's account, confirmed with its password. Every session is
+    /// revoked and this client's cookies cleared.
+    #[oai(path = "/me", method = "delete", operation_id = "delete_me")]
+    async fn delete_me(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &poem::Request,
+        auth: Authenticated,
+        body: Json<DeleteAccountRequest>,
+    ) -> Result<NoContentResult, ApiError> {
+        let mut v = Validator::new();
+        let password = v.given_password("password", text(body.0.password));
+        let password = v.finish(password)?;
+        confirm_password(&state, &auth.user, "password", password).await?;
+        users::delete(&state.db, auth.user.id).await?;
+        state.sessions.revoke_all(auth.user.id, None).await?;
+        state.cookies.clear_session(req.cookie());
+        tracing::info!(user_id = %auth.user.id, "account deleted");
+        Ok(NoContentResult::Done)
     }
 }

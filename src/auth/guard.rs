@@ -20,8 +20,11 @@ use uuid::Uuid;
 
 use super::{cookies::ACCESS_COOKIE, csrf, tokens::AccessClaims};
 use crate::{
-    db::{entities::user, users},
-    error::ApiError,
+    db::{
+        entities::user::{self, Role},
+        users,
+    },
+    error::{ApiError, ErrorCode},
     state::AppState,
 };
 
@@ -93,6 +96,26 @@ pub async fn authenticate(state: &AppState, req: &Request) -> Result<Authenticat
     })
 }
 
+/// The application state poem attached to the request.
+fn app_state(req: &Request) -> Result<&AppState, ApiError> {
+    req.data::<AppState>()
+        .ok_or_else(|| ApiError::internal("AppState missing from request data"))
+}
+
+/// An HTTP bearer (JWT) security scheme for the spec.
+fn bearer_scheme(description: &'static str) -> MetaSecurityScheme {
+    MetaSecurityScheme {
+        ty: "http",
+        description: Some(description),
+        name: None,
+        key_in: None,
+        scheme: Some("bearer"),
+        bearer_format: Some("JWT"),
+        flows: None,
+        openid_connect_url: None,
+    }
+}
+
 impl<'a> ApiExtractor<'a> for Authenticated {
     const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
 
@@ -102,18 +125,9 @@ impl<'a> ApiExtractor<'a> for Authenticated {
     fn register(registry: &mut Registry) {
         registry.create_security_scheme(
             BEARER_SCHEME,
-            MetaSecurityScheme {
-                ty: "http",
-                description: Some(
-                    "An access token from login or refresh: `Authorization: Bearer <token>`.",
-                ),
-                name: None,
-                key_in: None,
-                scheme: Some("bearer"),
-                bearer_format: Some("JWT"),
-                flows: None,
-                openid_connect_url: None,
-            },
+            bearer_scheme(
+                "An access token from login or refresh: `Authorization: Bearer <token>`.",
+            ),
         );
         registry.create_security_scheme(
             COOKIE_SCHEME,
@@ -143,9 +157,65 @@ impl<'a> ApiExtractor<'a> for Authenticated {
         _body: &mut RequestBody,
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        let state = req
-            .data::<AppState>()
-            .ok_or_else(|| ApiError::internal("AppState missing from request data"))?;
-        Ok(authenticate(state, req).await?)
+        Ok(authenticate(app_state(req)?, req).await?)
+    }
+}
+
+/// A role an endpoint requires, with the name of the security scheme that documents it.
+pub trait RequiredRole: Send + Sync + 'static {
+    const ROLE: Role;
+    const SCHEME: &'static str;
+    const DESCRIPTION: &'static str;
+}
+
+/// Marker: the endpoint needs `role = admin`.
+pub struct Admin;
+
+impl RequiredRole for Admin {
+    const ROLE: Role = Role::Admin;
+    const SCHEME: &'static str = "AdminAuth";
+    const DESCRIPTION: &'static str = "An access token (bearer, or the `access_token` cookie with \
+        the CSRF rule) of a user whose role is `admin`. The role is read from the user's row on \
+        every request, so a promotion or demotion applies at once. Other users get 403 `forbidden`.";
+}
+
+/// The guard plus a role check: an endpoint declares `caller: RequireRole<Admin>` and runs only
+/// for admins. The role comes from the loaded user row, never from the token's `role` claim.
+pub struct RequireRole<R: RequiredRole> {
+    pub auth: Authenticated,
+    _role: std::marker::PhantomData<R>,
+}
+
+impl<'a, R: RequiredRole> ApiExtractor<'a> for RequireRole<R> {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        registry.create_security_scheme(R::SCHEME, bearer_scheme(R::DESCRIPTION));
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        vec![R::SCHEME]
+    }
+
+    async fn from_request(
+        req: &'a Request,
+        _body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let auth = authenticate(app_state(req)?, req).await?;
+        if auth.user.role != R::ROLE {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this needs the {} role", R::ROLE.as_str()),
+            )
+            .into());
+        }
+        Ok(Self {
+            auth,
+            _role: std::marker::PhantomData,
+        })
     }
 }

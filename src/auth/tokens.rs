@@ -56,6 +56,13 @@ pub enum TokenError {
     Invalid,
 }
 
+/// The claims of a pair, before signing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PairClaims {
+    pub access: AccessClaims,
+    pub refresh: RefreshClaims,
+}
+
 /// An access and a refresh token minted together for one session.
 #[derive(Debug, Clone)]
 pub struct IssuedPair {
@@ -107,47 +114,61 @@ impl TokenService {
         &self.settings
     }
 
-    /// Mints a fresh pair for session `sid`. RSA signing takes hundreds of microseconds, so it
-    /// runs on a blocking thread, never on the async workers.
+    /// Claims for a fresh pair of session `sid`: new `jti`s, `iat` = now.
+    pub fn new_pair_claims(&self, user_id: Uuid, role: &str, sid: Uuid) -> PairClaims {
+        let now = chrono::Utc::now().timestamp();
+        PairClaims {
+            access: AccessClaims {
+                iss: self.settings.issuer.clone(),
+                aud: self.settings.audience.clone(),
+                sub: user_id,
+                sid,
+                jti: Uuid::new_v4(),
+                iat: now,
+                nbf: now,
+                exp: now + self.settings.access_ttl_secs,
+                role: role.to_owned(),
+                typ: None,
+            },
+            refresh: RefreshClaims {
+                iss: self.settings.issuer.clone(),
+                aud: self.settings.audience.clone(),
+                sub: user_id,
+                sid,
+                jti: Uuid::new_v4(),
+                iat: now,
+                nbf: now,
+                exp: now + self.settings.refresh_ttl_secs,
+                typ: REFRESH_TYP.to_owned(),
+            },
+        }
+    }
+
+    /// Mints a fresh pair for session `sid`.
     pub async fn issue_pair(
         self: &Arc<Self>,
         user_id: Uuid,
         role: &str,
         sid: Uuid,
     ) -> anyhow::Result<IssuedPair> {
-        let now = chrono::Utc::now().timestamp();
-        let access = AccessClaims {
-            iss: self.settings.issuer.clone(),
-            aud: self.settings.audience.clone(),
-            sub: user_id,
-            sid,
-            jti: Uuid::new_v4(),
-            iat: now,
-            nbf: now,
-            exp: now + self.settings.access_ttl_secs,
-            role: role.to_owned(),
-            typ: None,
-        };
-        let refresh = RefreshClaims {
-            iss: self.settings.issuer.clone(),
-            aud: self.settings.audience.clone(),
-            sub: user_id,
-            sid,
-            jti: Uuid::new_v4(),
-            iat: now,
-            nbf: now,
-            exp: now + self.settings.refresh_ttl_secs,
-            typ: REFRESH_TYP.to_owned(),
-        };
+        self.sign_pair(self.new_pair_claims(user_id, role, sid))
+            .await
+    }
+
+    /// Signs both tokens of a pair. RSA signing takes hundreds of microseconds, so it runs on a
+    /// blocking thread, never on the async workers. RS256 (PKCS#1 v1.5) is deterministic: the
+    /// same claims give the same token, which is how a refresh inside the grace window hands
+    /// back the very pair of the rotation it duplicates without the store holding any token.
+    pub async fn sign_pair(self: &Arc<Self>, claims: PairClaims) -> anyhow::Result<IssuedPair> {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let access_token = sign(&this.keys.access, &access)?;
-            let refresh_token = sign(&this.keys.refresh, &refresh)?;
+            let access_token = sign(&this.keys.access, &claims.access)?;
+            let refresh_token = sign(&this.keys.refresh, &claims.refresh)?;
             Ok(IssuedPair {
                 access_token,
-                access,
+                access: claims.access,
                 refresh_token,
-                refresh,
+                refresh: claims.refresh,
             })
         })
         .await?

@@ -3,14 +3,13 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    sea_query::{Expr, ExprTrait, LikeExpr},
 };
 use uuid::Uuid;
 
-use super::entities::user;
-
-/// The role every new account gets.
-pub const DEFAULT_ROLE: &str = "user";
+use super::entities::user::{self, Role};
 
 /// Now, at the microsecond precision PostgreSQL stores, so every backend returns the same value.
 fn now() -> DateTime<Utc> {
@@ -22,7 +21,7 @@ pub struct NewUser {
     pub name: String,
     pub email: String,
     pub password_hash: String,
-    pub role: String,
+    pub role: Role,
 }
 
 /// Inserts a user. A taken email fails with a unique-constraint `DbErr` (see
@@ -69,6 +68,17 @@ pub async fn update_name(
     active.update(db).await
 }
 
+pub async fn update_password_hash(
+    db: &DatabaseConnection,
+    user: user::Model,
+    password_hash: String,
+) -> Result<user::Model, DbErr> {
+    let mut active: user::ActiveModel = user.into();
+    active.password_hash = Set(password_hash);
+    active.updated_at = Set(now());
+    active.update(db).await
+}
+
 pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<bool, DbErr> {
     Ok(user::Entity::delete_by_id(id).exec(db).await?.rows_affected > 0)
 }
@@ -77,13 +87,13 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<bool, DbErr> {
 pub async fn set_role(
     db: &DatabaseConnection,
     email: &str,
-    role: &str,
+    role: Role,
 ) -> Result<Option<user::Model>, DbErr> {
     let Some(found) = find_by_email(db, email).await? else {
         return Ok(None);
     };
     let mut active: user::ActiveModel = found.into();
-    active.role = Set(role.to_owned());
+    active.role = Set(role);
     active.updated_at = Set(now());
     active.update(db).await.map(Some)
 }
@@ -95,4 +105,115 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
         err.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
+}
+
+/// Which users to list.
+#[derive(Debug, Default, Clone)]
+pub struct UserFilter {
+    /// A substring of the (lower-case) email.
+    pub email_contains: Option<String>,
+    pub role: Option<Role>,
+}
+
+/// One page of users, oldest first, and the number of users matching the filter.
+pub async fn list(
+    db: &DatabaseConnection,
+    filter: &UserFilter,
+    page: u64,
+    per_page: u64,
+) -> Result<(Vec<user::Model>, u64), DbErr> {
+    let mut query = user::Entity::find();
+    if let Some(part) = &filter.email_contains {
+        // The client's text is matched literally: `%` and `_` are escaped.
+        let escaped = part
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        query = query.filter(
+            Expr::col(user::Column::Email).like(LikeExpr::new(format!("%{escaped}%")).escape('\\')),
+        );
+    }
+    if let Some(role) = filter.role {
+        query = query.filter(user::Column::Role.eq(role));
+    }
+    let query = query
+        .order_by_asc(user::Column::CreatedAt)
+        .order_by_asc(user::Column::Id);
+    let total = query.clone().count(db).await?;
+    let users = query
+        .offset((page - 1) * per_page)
+        .limit(per_page)
+        .all(db)
+        .await?;
+    Ok((users, total))
+}
+
+/// A change an administrator makes to an account.
+#[derive(Debug, Clone, Copy)]
+pub enum AdminChange {
+    Update {
+        role: Option<Role>,
+        disabled: Option<bool>,
+    },
+    Delete,
+}
+
+/// What an [`AdminChange`] did.
+#[derive(Debug, Clone)]
+pub enum ChangeOutcome {
+    Updated(user::Model),
+    Deleted,
+    NotFound,
+    /// Refused: it would leave no active admin.
+    LastAdmin,
+}
+
+/// Applies `change` unless it would leave no active (enabled) admin. The active admins are
+/// read and the change written in one transaction; on PostgreSQL the admin rows are locked
+/// (`FOR UPDATE`), so two admins demoting each other at once cannot both succeed. SQLite
+/// serialises writers on its own.
+pub async fn change_guarding_last_admin(
+    db: &DatabaseConnection,
+    id: Uuid,
+    change: AdminChange,
+) -> Result<ChangeOutcome, DbErr> {
+    let txn = db.begin().await?;
+    let mut admins = user::Entity::find()
+        .filter(user::Column::Role.eq(Role::Admin))
+        .filter(user::Column::Disabled.eq(false));
+    if txn.get_database_backend() == DatabaseBackend::Postgres {
+        admins = admins.lock_exclusive();
+    }
+    let active_admins: Vec<Uuid> = admins.all(&txn).await?.into_iter().map(|u| u.id).collect();
+    let Some(target) = user::Entity::find_by_id(id).one(&txn).await? else {
+        return Ok(ChangeOutcome::NotFound);
+    };
+    let stays_active_admin = match change {
+        AdminChange::Delete => false,
+        AdminChange::Update { role, disabled } => {
+            role.unwrap_or(target.role) == Role::Admin && !disabled.unwrap_or(target.disabled)
+        }
+    };
+    if active_admins.contains(&id) && !stays_active_admin && active_admins.len() <= 1 {
+        return Ok(ChangeOutcome::LastAdmin);
+    }
+    let outcome = match change {
+        AdminChange::Delete => {
+            user::Entity::delete_by_id(id).exec(&txn).await?;
+            ChangeOutcome::Deleted
+        }
+        AdminChange::Update { role, disabled } => {
+            let mut active: user::ActiveModel = target.into();
+            if let Some(role) = role {
+                active.role = Set(role);
+            }
+            if let Some(disabled) = disabled {
+                active.disabled = Set(disabled);
+            }
+            active.updated_at = Set(now());
+            ChangeOutcome::Updated(active.update(&txn).await?)
+        }
+    };
+    txn.commit().await?;
+    Ok(outcome)
 }

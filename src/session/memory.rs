@@ -12,13 +12,26 @@ use std::{
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{NewSession, RotateOutcome, Rotation, SessionInfo, SessionStore, StoreError};
+use super::{
+    LAST_USED_RESOLUTION_SECS, NewSession, RotateOutcome, Rotation, SessionInfo, SessionStore,
+    StoreError,
+};
 
 #[derive(Debug, Clone)]
 struct Session {
     info: SessionInfo,
     access_jti: Uuid,
     refresh_jti: Uuid,
+    /// The refresh jti rotated away last, the payload of that rotation, and until when
+    /// presenting it again counts as a concurrent duplicate rather than reuse.
+    grace: Option<Grace>,
+}
+
+#[derive(Debug, Clone)]
+struct Grace {
+    previous_refresh_jti: Uuid,
+    payload: String,
+    until: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +158,7 @@ impl SessionStore for MemoryStore {
                 },
                 access_jti: new.access_jti,
                 refresh_jti: new.refresh_jti,
+                grace: None,
             },
         );
         inner.after_write();
@@ -157,25 +171,41 @@ impl SessionStore for MemoryStore {
         session_id: Uuid,
         jti: Uuid,
     ) -> Result<bool, StoreError> {
-        let inner = self.lock()?;
+        let mut inner = self.lock()?;
         let at = now();
         let jti_live = inner
             .jtis
             .get(&jti)
             .is_some_and(|e| e.session_id == session_id && e.expires_at > at);
-        Ok(jti_live
-            && inner
+        if !jti_live
+            || !inner
                 .live_session(session_id, at)
-                .is_some_and(|s| s.info.user_id == user_id && s.access_jti == jti))
+                .is_some_and(|s| s.info.user_id == user_id && s.access_jti == jti)
+        {
+            return Ok(false);
+        }
+        if let Some(session) = inner.sessions.get_mut(&session_id)
+            && at - session.info.last_used_at >= LAST_USED_RESOLUTION_SECS
+        {
+            session.info.last_used_at = at;
+        }
+        Ok(true)
     }
 
     async fn rotate(&self, r: Rotation) -> Result<RotateOutcome, StoreError> {
         let mut inner = self.lock()?;
-        let current = match inner.live_session(r.session_id, r.now) {
-            Some(s) if s.info.user_id == r.user_id => s.refresh_jti,
+        let (current, grace) = match inner.live_session(r.session_id, r.now) {
+            Some(s) if s.info.user_id == r.user_id => (s.refresh_jti, s.grace.clone()),
             _ => return Ok(RotateOutcome::Unknown),
         };
         if current != r.presented_refresh_jti {
+            if let Some(grace) = grace
+                && grace.previous_refresh_jti == r.presented_refresh_jti
+                && grace.until > r.now
+            {
+                // The same token, again, right after its rotation: two tabs, one answer.
+                return Ok(RotateOutcome::Grace(grace.payload));
+            }
             // A rotated-away refresh token came back: someone holds a copy. Revoke it all.
             inner.remove_session(r.session_id);
             inner.after_write();
@@ -188,6 +218,11 @@ impl SessionStore for MemoryStore {
         let old_refresh = std::mem::replace(&mut session.refresh_jti, r.new_refresh_jti);
         session.info.last_used_at = r.now;
         session.info.expires_at = r.new_refresh_exp;
+        session.grace = (r.grace_secs > 0).then(|| Grace {
+            previous_refresh_jti: r.presented_refresh_jti,
+            payload: r.grace_payload,
+            until: r.now + r.grace_secs,
+        });
         inner.jtis.remove(&old_access);
         inner.jtis.remove(&old_refresh);
         inner.jtis.insert(
@@ -219,12 +254,12 @@ impl SessionStore for MemoryStore {
         Ok(removed)
     }
 
-    async fn revoke_all(&self, user_id: Uuid) -> Result<u64, StoreError> {
+    async fn revoke_all(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<u64, StoreError> {
         let mut inner = self.lock()?;
         let ids: Vec<Uuid> = inner
             .by_user
             .get(&user_id)
-            .map(|set| set.iter().copied().collect())
+            .map(|set| set.iter().copied().filter(|id| Some(*id) != keep).collect())
             .unwrap_or_default();
         let at = now();
         let mut live = 0;

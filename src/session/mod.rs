@@ -11,6 +11,10 @@
 pub mod memory;
 pub mod redis;
 
+/// `last_used_at` is written at most this often per session, to keep the guard's store access
+/// cheap.
+pub const LAST_USED_RESOLUTION_SECS: i64 = 60;
+
 use async_trait::async_trait;
 use uuid::Uuid;
 
@@ -34,6 +38,11 @@ pub struct NewSession {
 /// One refresh-token rotation request.
 #[derive(Debug, Clone)]
 pub struct Rotation {
+    /// Seconds during which the presented token, once rotated away, still gets this rotation's
+    /// pair back (two tabs refreshing at once). 0 disables the grace window.
+    pub grace_secs: i64,
+    /// What to hand back during the grace window: the new pair's claims, opaque to the store.
+    pub grace_payload: String,
     pub user_id: Uuid,
     pub session_id: Uuid,
     /// The `jti` of the refresh token the client presented.
@@ -47,12 +56,15 @@ pub struct Rotation {
 }
 
 /// What a rotation did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotateOutcome {
     /// The presented token was current: the new pair replaced it, the old access token is gone.
     Rotated,
-    /// The presented token belonged to the session but was not its current one: a replay of a
-    /// rotated-away token. The whole session has been revoked.
+    /// The presented token was rotated away by the latest rotation, within the grace window:
+    /// nothing changed, and here is the payload of that rotation (its pair) to answer with.
+    Grace(String),
+    /// The presented token belonged to the session but was neither current nor in grace: a
+    /// replay of a rotated-away token. The whole session has been revoked.
     Reused,
     /// No such session (expired, logged out, or never existed).
     Unknown,
@@ -83,6 +95,7 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn create(&self, session: NewSession) -> Result<(), StoreError>;
 
     /// Is this access token still live: is its `jti` recorded for this user and session?
+    /// Also records the use in the session's `last_used_at` (at most once a minute).
     async fn is_access_active(
         &self,
         user_id: Uuid,
@@ -97,8 +110,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Revokes one session and every token of it. `false` if there was no such session.
     async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError>;
 
-    /// Revokes every session of a user; returns how many there were.
-    async fn revoke_all(&self, user_id: Uuid) -> Result<u64, StoreError>;
+    /// Revokes every session of a user except `keep` (if given); returns how many were revoked.
+    async fn revoke_all(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<u64, StoreError>;
 
     /// The user's live sessions, most recently created first.
     async fn list(&self, user_id: Uuid) -> Result<Vec<SessionInfo>, StoreError>;

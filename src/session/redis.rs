@@ -10,6 +10,8 @@
 //!                         (EXPIREAT = the refresh token's exp)
 //! P{U}:j:<jti>     string the session id (EXPIREAT = that token's exp)
 //! P{U}:sessions    zset   sid -> expires_at (expired members are trimmed on every write)
+//! P{U}:g:<sid>     hash   prev (the refresh jti rotated away last), payload (that rotation's
+//!                         pair, as claims); EXPIRE = the grace window
 //! ```
 //!
 //! Every operation is one Lua script (one round trip, atomic).
@@ -36,18 +38,24 @@ redis.call('EXPIREAT', KEYS[4], redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORE
 return 1
 "#;
 
-/// The rotation step. KEYS: session, index. ARGV: jti key prefix, sid, presented refresh jti,
-/// new access jti, new access exp, new refresh jti, new refresh exp, now.
-/// Returns 'rotated', 'reused' (the session is gone) or 'unknown'.
+/// The rotation step. KEYS: session, index, grace. ARGV: jti key prefix, sid, presented refresh
+/// jti, new access jti, new access exp, new refresh jti, new refresh exp, now, grace seconds,
+/// grace payload. Returns {'rotated'}, {'grace', payload}, {'reused'} (the session is gone) or
+/// {'unknown'}.
 const ROTATE: &str = r#"
 local current = redis.call('HGET', KEYS[1], 'refresh_jti')
-if not current then return 'unknown' end
+if not current then return {'unknown'} end
 local old_access = redis.call('HGET', KEYS[1], 'access_jti')
 if current ~= ARGV[3] then
+  local grace = redis.call('HMGET', KEYS[3], 'prev', 'payload')
+  if grace[1] == ARGV[3] then
+    -- The same token, again, right after its rotation: two tabs, one answer.
+    return {'grace', grace[2]}
+  end
   -- A rotated-away refresh token came back: someone holds a copy. Revoke the whole session.
-  redis.call('DEL', KEYS[1], ARGV[1] .. old_access, ARGV[1] .. current)
+  redis.call('DEL', KEYS[1], KEYS[3], ARGV[1] .. old_access, ARGV[1] .. current)
   redis.call('ZREM', KEYS[2], ARGV[2])
-  return 'reused'
+  return {'reused'}
 end
 redis.call('DEL', ARGV[1] .. old_access, ARGV[1] .. current)
 redis.call('HSET', KEYS[1], 'access_jti', ARGV[4], 'refresh_jti', ARGV[6], 'last_used_at', ARGV[8],
@@ -55,27 +63,41 @@ redis.call('HSET', KEYS[1], 'access_jti', ARGV[4], 'refresh_jti', ARGV[6], 'last
 redis.call('EXPIREAT', KEYS[1], ARGV[7])
 redis.call('SET', ARGV[1] .. ARGV[4], ARGV[2], 'EXAT', ARGV[5])
 redis.call('SET', ARGV[1] .. ARGV[6], ARGV[2], 'EXAT', ARGV[7])
+if tonumber(ARGV[9]) > 0 then
+  redis.call('HSET', KEYS[3], 'prev', ARGV[3], 'payload', ARGV[10])
+  redis.call('EXPIRE', KEYS[3], ARGV[9])
+else
+  redis.call('DEL', KEYS[3])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[8])
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[2])
 redis.call('EXPIREAT', KEYS[2], redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2])
-return 'rotated'
+return {'rotated'}
 "#;
 
-/// Is the access jti live for this session? KEYS: jti key, session. ARGV: sid, jti.
+/// Is the access jti live for this session? Records the use (at most once per resolution).
+/// KEYS: jti key, session. ARGV: sid, jti, now, resolution seconds.
 const IS_ACCESS_ACTIVE: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[2], 'access_jti') ~= ARGV[2] then return 0 end
+local s = redis.call('HMGET', KEYS[2], 'access_jti', 'last_used_at')
+if s[1] ~= ARGV[2] then return 0 end
+if tonumber(ARGV[3]) - tonumber(s[2] or 0) >= tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[2], 'last_used_at', ARGV[3])
+end
 return 1
 "#;
 
-/// Revokes sessions. KEYS: index. ARGV: session key prefix, jti key prefix, then the sids to
-/// revoke (none: all of the index). Returns how many sessions existed.
+/// Revokes sessions. KEYS: index. ARGV: session key prefix, jti key prefix, grace key prefix,
+/// mode ('only' or 'except'), a sid. 'only' revokes that session; 'except' every other one of
+/// the index ('' keeps none). Returns how many live sessions were revoked.
 const REVOKE: &str = r#"
 local sids = {}
-if #ARGV > 2 then
-  for i = 3, #ARGV do sids[#sids + 1] = ARGV[i] end
+if ARGV[4] == 'only' then
+  sids = {ARGV[5]}
 else
-  sids = redis.call('ZRANGE', KEYS[1], 0, -1)
+  for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    if sid ~= ARGV[5] then sids[#sids + 1] = sid end
+  end
 end
 local n = 0
 for _, sid in ipairs(sids) do
@@ -85,7 +107,7 @@ for _, sid in ipairs(sids) do
     n = n + 1
     redis.call('DEL', ARGV[2] .. jtis[1], ARGV[2] .. jtis[2])
   end
-  redis.call('DEL', key)
+  redis.call('DEL', key, ARGV[3] .. sid)
   redis.call('ZREM', KEYS[1], sid)
 end
 return n
@@ -161,20 +183,31 @@ impl RedisStore {
         format!("{}:j:", self.user_tag(user_id))
     }
 
+    fn grace_prefix(&self, user_id: Uuid) -> String {
+        format!("{}:g:", self.user_tag(user_id))
+    }
+
     fn index_key(&self, user_id: Uuid) -> String {
         format!("{}:sessions", self.user_tag(user_id))
     }
 
-    async fn run_revoke(&self, user_id: Uuid, only: Option<Uuid>) -> Result<u64, StoreError> {
+    async fn run_revoke(
+        &self,
+        user_id: Uuid,
+        mode: &str,
+        sid: Option<Uuid>,
+    ) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
-        let mut invocation = self.revoke.key(self.index_key(user_id));
-        invocation
+        self.revoke
+            .key(self.index_key(user_id))
             .arg(self.session_prefix(user_id))
-            .arg(self.jti_prefix(user_id));
-        if let Some(sid) = only {
-            invocation.arg(sid.to_string());
-        }
-        invocation.invoke_async(&mut conn).await.map_err(to_store)
+            .arg(self.jti_prefix(user_id))
+            .arg(self.grace_prefix(user_id))
+            .arg(mode)
+            .arg(sid.map(|s| s.to_string()).unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store)
     }
 }
 
@@ -221,6 +254,8 @@ impl SessionStore for RedisStore {
             .key(format!("{}{}", self.session_prefix(user_id), session_id))
             .arg(session_id.to_string())
             .arg(jti.to_string())
+            .arg(chrono::Utc::now().timestamp())
+            .arg(super::LAST_USED_RESOLUTION_SECS)
             .invoke_async(&mut conn)
             .await
             .map_err(to_store)?;
@@ -229,7 +264,7 @@ impl SessionStore for RedisStore {
 
     async fn rotate(&self, r: Rotation) -> Result<RotateOutcome, StoreError> {
         let mut conn = self.conn().await?;
-        let outcome: String = self
+        let outcome: Vec<String> = self
             .rotate
             .key(format!(
                 "{}{}",
@@ -237,6 +272,7 @@ impl SessionStore for RedisStore {
                 r.session_id
             ))
             .key(self.index_key(r.user_id))
+            .key(format!("{}{}", self.grace_prefix(r.user_id), r.session_id))
             .arg(self.jti_prefix(r.user_id))
             .arg(r.session_id.to_string())
             .arg(r.presented_refresh_jti.to_string())
@@ -245,23 +281,27 @@ impl SessionStore for RedisStore {
             .arg(r.new_refresh_jti.to_string())
             .arg(r.new_refresh_exp)
             .arg(r.now)
+            .arg(r.grace_secs)
+            .arg(r.grace_payload)
             .invoke_async(&mut conn)
             .await
             .map_err(to_store)?;
-        match outcome.as_str() {
-            "rotated" => Ok(RotateOutcome::Rotated),
-            "reused" => Ok(RotateOutcome::Reused),
-            "unknown" => Ok(RotateOutcome::Unknown),
-            other => Err(StoreError(format!("unexpected rotate answer {other:?}"))),
+        let mut outcome = outcome.into_iter();
+        match (outcome.next().as_deref(), outcome.next()) {
+            (Some("rotated"), _) => Ok(RotateOutcome::Rotated),
+            (Some("grace"), Some(payload)) => Ok(RotateOutcome::Grace(payload)),
+            (Some("reused"), _) => Ok(RotateOutcome::Reused),
+            (Some("unknown"), _) => Ok(RotateOutcome::Unknown),
+            (other, _) => Err(StoreError(format!("unexpected rotate answer {other:?}"))),
         }
     }
 
     async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
-        Ok(self.run_revoke(user_id, Some(session_id)).await? > 0)
+        Ok(self.run_revoke(user_id, "only", Some(session_id)).await? > 0)
     }
 
-    async fn revoke_all(&self, user_id: Uuid) -> Result<u64, StoreError> {
-        self.run_revoke(user_id, None).await
+    async fn revoke_all(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<u64, StoreError> {
+        self.run_revoke(user_id, "except", keep).await
     }
 
     async fn list(&self, user_id: Uuid) -> Result<Vec<SessionInfo>, StoreError> {

@@ -128,6 +128,48 @@ fn production_refuses_an_access_lifetime_not_shorter_than_refresh() {
 }
 
 #[test]
+fn production_refuses_sqlite() {
+    let mut vars = production_vars();
+    vars.insert(
+        "DATABASE_URL".into(),
+        "sqlite://data/latchkey.db?mode=rwc".into(),
+    );
+    let message = refusal(&vars);
+    assert!(
+        message.contains("must be a PostgreSQL URL in production"),
+        "{message}"
+    );
+}
+
+#[test]
+fn absurd_lifetimes_prefixes_and_origins_are_refused_everywhere() {
+    for (var, value, expected) in [
+        ("ACCESS_TOKEN_TTL", "90000", "too long"),
+        ("REFRESH_TOKEN_TTL", "99999999999", "too long"),
+        ("REDIS_KEY_PREFIX", "app:{x}:", "must not contain braces"),
+        (
+            "ALLOWED_ORIGINS",
+            "https://app.example.com/login",
+            "is not an origin",
+        ),
+        ("ALLOWED_ORIGINS", "app.example.com", "is not an origin"),
+        ("TRUSTED_PROXIES", "10.0.0.0/33", "TRUSTED_PROXIES"),
+        ("PORT", "http", "PORT"),
+    ] {
+        for production in [true, false] {
+            let mut vars = if production {
+                production_vars()
+            } else {
+                HashMap::new()
+            };
+            vars.insert(var.into(), value.into());
+            let message = refusal(&vars);
+            assert!(message.contains(expected), "{var}={value}: {message}");
+        }
+    }
+}
+
+#[test]
 fn production_refuses_partial_or_broken_env_keys() {
     let mut vars = production_vars();
     vars.remove("REFRESH_TOKEN_PUBLIC_KEY");

@@ -224,6 +224,7 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub state: AppState,
+    settings: Settings,
     shutdown: Option<oneshot::Sender<()>>,
     // Declared last: dropped after the server has been told to stop.
     _provisioned: Provisioned,
@@ -248,13 +249,19 @@ impl TestApp {
         let mut settings = base_settings();
         let provisioned = Provisioned::new(backend, &mut settings).await;
         configure(&mut settings);
-        let app = Application::build(settings)
+        Self::start(settings, provisioned).await
+    }
+
+    async fn start(settings: Settings, provisioned: Provisioned) -> Self {
+        let app = Application::build(settings.clone())
             .await
             .expect("the test application builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         let state = app.state().clone();
         let (tx, rx) = oneshot::channel();
-        tokio::spawn(app.run_until(rx));
+        tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
         Self {
             address,
             client: reqwest::Client::builder()
@@ -262,9 +269,24 @@ impl TestApp {
                 .build()
                 .expect("http client"),
             state,
+            settings,
             shutdown: Some(tx),
             _provisioned: provisioned,
         }
+    }
+
+    /// A second instance with the same settings: the same database and session store (on the
+    /// PostgreSQL + Redis backend they are shared, as between production instances).
+    pub async fn spawn_sibling(&self) -> TestApp {
+        Self::start(
+            self.settings.clone(),
+            Provisioned {
+                database: None,
+                redis_prefix: None,
+                _dir: tempfile::tempdir().expect("temp dir"),
+            },
+        )
+        .await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -434,6 +456,22 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str) ->
     body
 }
 
+/// Asserts that both tokens of a session are refused: 401 `invalid_token`.
+pub async fn assert_session_revoked(app: &TestApp, tokens: &Tokens) {
+    assert_error(
+        app.me(&tokens.access).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    assert_error(
+        app.refresh(&tokens.refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+}
+
 /// `Set-Cookie` headers of a response, by cookie name.
 pub fn set_cookies(response: &Response) -> HashMap<String, String> {
     response
@@ -477,6 +515,21 @@ pub fn cookie_value(header: &str) -> String {
 /// `name::embedded` and `name::postgres_redis`.
 #[macro_export]
 macro_rules! backend_tests {
+    (with($configure:expr) => $($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn embedded() {
+                    super::$name($crate::helpers::TestApp::spawn_with($crate::helpers::Backend::Embedded, $configure).await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_redis() {
+                    super::$name($crate::helpers::TestApp::spawn_with($crate::helpers::Backend::PostgresRedis, $configure).await).await;
+                }
+            }
+        )*
+    };
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {

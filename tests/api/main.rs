@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin;
 mod cli;
 mod config;
 mod cookies;
@@ -11,4 +12,5 @@ mod lifecycle;
 mod malformed;
 mod secrets;
 mod session_store;
+mod sessions;
 mod token_security;

@@ -48,6 +48,9 @@ store_contract!(
     expired_tokens_and_sessions_are_gone,
     list_shows_live_sessions_newest_first,
     rotating_an_unknown_session_is_unknown,
+    the_last_rotated_away_jti_gets_the_same_payload_within_the_grace_window,
+    grace_ends_with_its_window,
+    revoke_all_can_keep_one_session,
 );
 
 fn new_session(user_id: Uuid, access_ttl: i64, refresh_ttl: i64) -> NewSession {
@@ -68,6 +71,8 @@ fn new_session(user_id: Uuid, access_ttl: i64, refresh_ttl: i64) -> NewSession {
 fn rotation(s: &NewSession, presented: Uuid) -> Rotation {
     let now = now();
     Rotation {
+        grace_secs: 0,
+        grace_payload: String::new(),
         user_id: s.user_id,
         session_id: s.id,
         presented_refresh_jti: presented,
@@ -222,7 +227,7 @@ async fn revoke_all_removes_every_session_of_one_user(store: Arc<dyn SessionStor
     for s in &sessions {
         store.create(s.clone()).await.unwrap();
     }
-    assert_eq!(store.revoke_all(user).await.unwrap(), 3);
+    assert_eq!(store.revoke_all(user, None).await.unwrap(), 3);
     for s in &sessions {
         assert!(
             !store
@@ -237,7 +242,7 @@ async fn revoke_all_removes_every_session_of_one_user(store: Arc<dyn SessionStor
             .await
             .unwrap()
     );
-    assert_eq!(store.revoke_all(user).await.unwrap(), 0);
+    assert_eq!(store.revoke_all(user, None).await.unwrap(), 0);
 }
 
 async fn expired_tokens_and_sessions_are_gone(store: Arc<dyn SessionStore>) {
@@ -291,4 +296,99 @@ async fn rotating_an_unknown_session_is_unknown(store: Arc<dyn SessionStore>) {
         RotateOutcome::Unknown
     );
     store.ping().await.unwrap();
+}
+
+async fn the_last_rotated_away_jti_gets_the_same_payload_within_the_grace_window(
+    store: Arc<dyn SessionStore>,
+) {
+    let s = new_session(Uuid::new_v4(), 900, 3600);
+    store.create(s.clone()).await.unwrap();
+    let first = Rotation {
+        grace_secs: 10,
+        grace_payload: "pair-1".into(),
+        ..rotation(&s, s.refresh_jti)
+    };
+    assert_eq!(
+        store.rotate(first.clone()).await.unwrap(),
+        RotateOutcome::Rotated
+    );
+    // The same token again: the first rotation's payload, and nothing changes.
+    for _ in 0..3 {
+        assert_eq!(
+            store.rotate(rotation(&s, s.refresh_jti)).await.unwrap(),
+            RotateOutcome::Grace("pair-1".into())
+        );
+    }
+    assert!(
+        store
+            .is_access_active(s.user_id, s.id, first.new_access_jti)
+            .await
+            .unwrap()
+    );
+    // One rotation further, the first token is two rotations back: reuse.
+    let second = Rotation {
+        grace_secs: 10,
+        grace_payload: "pair-2".into(),
+        ..rotation(&s, first.new_refresh_jti)
+    };
+    assert_eq!(
+        store.rotate(second.clone()).await.unwrap(),
+        RotateOutcome::Rotated
+    );
+    assert_eq!(
+        store.rotate(rotation(&s, s.refresh_jti)).await.unwrap(),
+        RotateOutcome::Reused
+    );
+    assert!(
+        !store
+            .is_access_active(s.user_id, s.id, second.new_access_jti)
+            .await
+            .unwrap()
+    );
+}
+
+async fn grace_ends_with_its_window(store: Arc<dyn SessionStore>) {
+    let s = new_session(Uuid::new_v4(), 900, 3600);
+    store.create(s.clone()).await.unwrap();
+    let first = Rotation {
+        grace_secs: 1,
+        grace_payload: "pair-1".into(),
+        ..rotation(&s, s.refresh_jti)
+    };
+    assert_eq!(
+        store.rotate(first.clone()).await.unwrap(),
+        RotateOutcome::Rotated
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        store.rotate(rotation(&s, s.refresh_jti)).await.unwrap(),
+        RotateOutcome::Reused
+    );
+    assert!(
+        !store
+            .is_access_active(s.user_id, s.id, first.new_access_jti)
+            .await
+            .unwrap()
+    );
+}
+
+async fn revoke_all_can_keep_one_session(store: Arc<dyn SessionStore>) {
+    let user = Uuid::new_v4();
+    let keep = new_session(user, 900, 3600);
+    let other = new_session(user, 900, 3600);
+    store.create(keep.clone()).await.unwrap();
+    store.create(other.clone()).await.unwrap();
+    assert_eq!(store.revoke_all(user, Some(keep.id)).await.unwrap(), 1);
+    assert!(
+        store
+            .is_access_active(user, keep.id, keep.access_jti)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .is_access_active(user, other.id, other.access_jti)
+            .await
+            .unwrap()
+    );
 }

@@ -2,6 +2,37 @@
 
 use sea_orm::entity::prelude::*;
 
+/// What an account may do. Stored as text with a CHECK constraint; add a variant here and in a
+/// migration that widens the constraint to extend it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
+pub enum Role {
+    #[sea_orm(string_value = "user")]
+    User,
+    #[sea_orm(string_value = "admin")]
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    /// Every role, for messages and documentation.
+    pub const ALL: [Role; 2] = [Role::User, Role::Admin];
+}
+
 /// A registered account. `password_hash` is an argon2id PHC string and never leaves the
 /// service: API responses are built from [`crate::api::users::UserResponse`], not from this.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -13,7 +44,7 @@ pub struct Model {
     #[sea_orm(unique)]
     pub email: String,
     pub password_hash: String,
-    pub role: String,
+    pub role: Role,
     pub disabled: bool,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

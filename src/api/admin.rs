@@ -1,0 +1,310 @@
+//! `/api/v1/admin/users`: account administration, for admins only.
+
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+use uuid::Uuid;
+
+use super::{
+    ApiTags,
+    request::{Text, text},
+    users::UserResponse,
+    validate::Validator,
+};
+use crate::{
+    auth::guard::{Admin, RequireRole},
+    db::{
+        entities::user::{self, Role},
+        users::{self, AdminChange, ChangeOutcome, UserFilter},
+    },
+    error::{ApiError, ErrorCode},
+    state::AppState,
+};
+
+/// Largest page size.
+pub const MAX_PER_PAGE: i64 = 100;
+const DEFAULT_PER_PAGE: i64 = 20;
+
+/// A user as admins see it: the public view plus `disabled`.
+#[derive(Debug, Clone, Object)]
+pub struct AdminUserResponse {
+    #[oai(flatten)]
+    pub user: UserResponse,
+    /// A disabled account cannot log in and its tokens are refused.
+    pub disabled: bool,
+}
+
+impl From<user::Model> for AdminUserResponse {
+    fn from(user: user::Model) -> Self {
+        Self {
+            disabled: user.disabled,
+            user: user.into(),
+        }
+    }
+}
+
+/// `{"user": AdminUserResponse}`.
+#[derive(Debug, Clone, Object)]
+pub struct AdminUserEnvelope {
+    pub user: AdminUserResponse,
+}
+
+/// One page of users.
+#[derive(Debug, Clone, Object)]
+pub struct UserPage {
+    pub users: Vec<AdminUserResponse>,
+    /// The page number, from 1.
+    pub page: i64,
+    pub per_page: i64,
+    /// How many users match the filter in all.
+    pub total: u64,
+}
+
+/// Changes to an account; at least one field.
+#[derive(Object)]
+pub struct AdminUpdateRequest {
+    /// `user` or `admin`.
+    pub role: Option<Text>,
+    /// `true` disables the account: its sessions are revoked and it cannot log in.
+    pub disabled: Option<bool>,
+}
+
+#[derive(ApiResponse)]
+pub enum UserPageResult {
+    /// The page.
+    #[oai(status = 200)]
+    Ok(Json<UserPage>),
+}
+
+#[derive(ApiResponse)]
+pub enum AdminUserResult {
+    /// The user.
+    #[oai(status = 200)]
+    Ok(Json<AdminUserEnvelope>),
+}
+
+#[derive(ApiResponse)]
+pub enum AdminNoContent {
+    /// Done.
+    #[oai(status = 204)]
+    Done,
+}
+
+fn role_field(v: &mut Validator, field: &str, value: Option<String>) -> Option<Role> {
+    let value = value?;
+    let role = Role::parse(&value);
+    if role.is_none() {
+        let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+        v.fail(field, format!("must be one of {}", names.join(", ")));
+    }
+    role
+}
+
+/// A whole-number query parameter within `range`; absent means `default`. Anything else,
+/// including numbers too large for 64 bits, is a field error (422), never a 400 or 500.
+fn bounded(
+    v: &mut Validator,
+    field: &str,
+    raw: Option<String>,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Option<i64> {
+    let Some(raw) = raw else {
+        return Some(default);
+    };
+    match raw.trim().parse::<i64>() {
+        Ok(n) if range.contains(&n) => Some(n),
+        _ if *range.end() == i64::MAX => {
+            v.fail(
+                field,
+                format!("must be a whole number of at least {}", range.start()),
+            );
+            None
+        }
+        _ => {
+            v.fail(
+                field,
+                format!(
+                    "must be a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn last_admin() -> ApiError {
+    ApiError::new(
+        ErrorCode::LastAdmin,
+        "this would leave no active admin: promote another admin first",
+    )
+}
+
+pub struct AdminApi;
+
+#[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Admin")]
+impl AdminApi {
+    /// List users, oldest first, optionally filtered by an email substring and by role.
+    /// `page` starts at 1; `per_page` is 1 to 100 (default 20); other values are 422.
+    #[oai(path = "/users", method = "get", operation_id = "admin_list_users")]
+    async fn list(
+        &self,
+        state: poem::web::Data<&AppState>,
+        _admin: RequireRole<Admin>,
+        /// Page number, from 1 (default 1).
+        page: Query<Option<String>>,
+        /// Page size, 1 to 100 (default 20).
+        per_page: Query<Option<String>>,
+        /// Only users whose email contains this text.
+        email: Query<Option<String>>,
+        /// Only users with this role: `user` or `admin`.
+        role: Query<Option<String>>,
+    ) -> Result<UserPageResult, ApiError> {
+        let mut v = Validator::new();
+        let page = bounded(&mut v, "page", page.0, 1, 1..=i64::MAX);
+        let per_page = bounded(
+            &mut v,
+            "per_page",
+            per_page.0,
+            DEFAULT_PER_PAGE,
+            1..=MAX_PER_PAGE,
+        );
+        let role = role_field(&mut v, "role", role.0);
+        let (page, per_page) = v.finish(page.zip(per_page))?;
+        let filter = UserFilter {
+            email_contains: email
+                .0
+                .map(|e| e.trim().to_lowercase())
+                .filter(|e| !e.is_empty()),
+            role,
+        };
+        // Both are positive here; a page past the end is simply empty.
+        let (found, total) = users::list(
+            &state.db,
+            &filter,
+            page.unsigned_abs(),
+            per_page.unsigned_abs(),
+        )
+        .await?;
+        Ok(UserPageResult::Ok(Json(UserPage {
+            users: found.into_iter().map(Into::into).collect(),
+            page,
+            per_page,
+            total,
+        })))
+    }
+
+    /// One user.
+    #[oai(path = "/users/:id", method = "get", operation_id = "admin_get_user")]
+    async fn get(
+        &self,
+        state: poem::web::Data<&AppState>,
+        _admin: RequireRole<Admin>,
+        id: Path<Uuid>,
+    ) -> Result<AdminUserResult, ApiError> {
+        let user = users::find_by_id(&state.db, id.0)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such user"))?;
+        Ok(AdminUserResult::Ok(Json(AdminUserEnvelope {
+            user: user.into(),
+        })))
+    }
+
+    /// Change a user's role or disable/enable it. Disabling revokes all its sessions at once.
+    /// Demoting or disabling the last active admin is 409 `last_admin`.
+    #[oai(
+        path = "/users/:id",
+        method = "patch",
+        operation_id = "admin_update_user"
+    )]
+    async fn update(
+        &self,
+        state: poem::web::Data<&AppState>,
+        admin: RequireRole<Admin>,
+        id: Path<Uuid>,
+        body: Json<AdminUpdateRequest>,
+    ) -> Result<AdminUserResult, ApiError> {
+        let body = body.0;
+        let mut v = Validator::new();
+        let role = role_field(&mut v, "role", text(body.role));
+        if role.is_none() && body.disabled.is_none() {
+            v.fail("role", "give role or disabled (or both)");
+        }
+        v.finish(Some(()))?;
+        let change = AdminChange::Update {
+            role,
+            disabled: body.disabled,
+        };
+        let user = match users::change_guarding_last_admin(&state.db, id.0, change).await? {
+            ChangeOutcome::Updated(user) => user,
+            ChangeOutcome::NotFound => return Err(ApiError::not_found("no such user")),
+            ChangeOutcome::LastAdmin => return Err(last_admin()),
+            ChangeOutcome::Deleted => return Err(ApiError::internal("update reported a delete")),
+        };
+        if user.disabled {
+            // The guard already refuses a disabled user's tokens; revoking also ends the
+            // sessions so they do not come back if the account is enabled again.
+            state.sessions.revoke_all(user.id, None).await?;
+        }
+        tracing::info!(
+            admin_id = %admin.auth.user.id,
+            user_id = %user.id,
+            role = user.role.as_str(),
+            disabled = user.disabled,
+            "user updated by admin"
+        );
+        Ok(AdminUserResult::Ok(Json(AdminUserEnvelope {
+            user: user.into(),
+        })))
+    }
+
+    /// Delete a user and revoke all its sessions. Deleting the last active admin is 409
+    /// `last_admin`.
+    #[oai(
+        path = "/users/:id",
+        method = "delete",
+        operation_id = "admin_delete_user"
+    )]
+    async fn delete(
+        &self,
+        state: poem::web::Data<&AppState>,
+        admin: RequireRole<Admin>,
+        id: Path<Uuid>,
+    ) -> Result<AdminNoContent, ApiError> {
+        match users::change_guarding_last_admin(&state.db, id.0, AdminChange::Delete).await? {
+            ChangeOutcome::Deleted => {}
+            ChangeOutcome::NotFound => return Err(ApiError::not_found("no such user")),
+            ChangeOutcome::LastAdmin => return Err(last_admin()),
+            ChangeOutcome::Updated(_) => {
+                return Err(ApiError::internal("delete reported an update"));
+            }
+        }
+        state.sessions.revoke_all(id.0, None).await?;
+        tracing::info!(admin_id = %admin.auth.user.id, user_id = %id.0, "user deleted by admin");
+        Ok(AdminNoContent::Done)
+    }
+
+    /// Revoke every session of a user (all devices); the account stays usable.
+    #[oai(
+        path = "/users/:id/revoke-sessions",
+        method = "post",
+        operation_id = "admin_revoke_user_sessions"
+    )]
+    async fn revoke_sessions(
+        &self,
+        state: poem::web::Data<&AppState>,
+        admin: RequireRole<Admin>,
+        id: Path<Uuid>,
+    ) -> Result<AdminNoContent, ApiError> {
+        if users::find_by_id(&state.db, id.0).await?.is_none() {
+            return Err(ApiError::not_found("no such user"));
+        }
+        let revoked = state.sessions.revoke_all(id.0, None).await?;
+        tracing::info!(admin_id = %admin.auth.user.id, user_id = %id.0, revoked, "sessions revoked by admin");
+        Ok(AdminNoContent::Done)
+    }
+}
