@@ -10,6 +10,8 @@ use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf, str::FromStr};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::limits::{LimitSettings, Rate};
+
 /// `APP_ENV`: development is forgiving and self-provisioning; production is strict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Environment {
@@ -129,6 +131,11 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     pub argon2: Argon2Settings,
     pub hash_concurrency: usize,
+    /// How long a login may wait for a hashing slot before 503 `busy`.
+    pub hash_queue_timeout_ms: u64,
+    pub limits: LimitSettings,
+    /// Longest time a request may take before 503.
+    pub request_timeout_secs: u64,
     pub jwks_max_age_secs: u64,
     pub log_format: LogFormat,
 }
@@ -164,6 +171,9 @@ impl fmt::Debug for Settings {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("argon2", &self.argon2)
             .field("hash_concurrency", &self.hash_concurrency)
+            .field("hash_queue_timeout_ms", &self.hash_queue_timeout_ms)
+            .field("limits", &self.limits)
+            .field("request_timeout_secs", &self.request_timeout_secs)
             .field("redis_pool_size", &self.redis_pool_size)
             .field("jwks_max_age_secs", &self.jwks_max_age_secs)
             .field("log_format", &self.log_format)
@@ -289,6 +299,7 @@ impl Settings {
             Some(other) => return Err(ConfigError::invalid("LOG_FORMAT", other, "text or json")),
         };
         let default_argon2 = Argon2Settings::default();
+        let default_limits = LimitSettings::default();
         let settings = Settings {
             environment,
             host: get("HOST").unwrap_or_else(|| "127.0.0.1".into()),
@@ -315,6 +326,46 @@ impl Settings {
                 parallelism: parse_or(&get, "ARGON2_PARALLELISM", default_argon2.parallelism)?,
             },
             hash_concurrency: parse_or(&get, "PASSWORD_HASH_CONCURRENCY", default_parallelism())?,
+            hash_queue_timeout_ms: parse_or(&get, "PASSWORD_HASH_QUEUE_TIMEOUT_MS", 1000)?,
+            limits: LimitSettings {
+                login_per_ip: parse_rate(
+                    &get,
+                    "RATE_LIMIT_LOGIN_PER_IP",
+                    default_limits.login_per_ip,
+                )?,
+                login_per_account: parse_rate(
+                    &get,
+                    "RATE_LIMIT_LOGIN_PER_ACCOUNT",
+                    default_limits.login_per_account,
+                )?,
+                register_per_ip: parse_rate(
+                    &get,
+                    "RATE_LIMIT_REGISTER_PER_IP",
+                    default_limits.register_per_ip,
+                )?,
+                refresh_per_ip: parse_rate(
+                    &get,
+                    "RATE_LIMIT_REFRESH_PER_IP",
+                    default_limits.refresh_per_ip,
+                )?,
+                backoff_free_failures: parse_or(
+                    &get,
+                    "LOGIN_BACKOFF_FREE_FAILURES",
+                    default_limits.backoff_free_failures,
+                )?,
+                backoff_base_secs: parse_or(
+                    &get,
+                    "LOGIN_BACKOFF_BASE_SECS",
+                    default_limits.backoff_base_secs,
+                )?,
+                backoff_max_secs: parse_or(
+                    &get,
+                    "LOGIN_BACKOFF_MAX_SECS",
+                    default_limits.backoff_max_secs,
+                )?,
+                backoff_memory_secs: default_limits.backoff_memory_secs,
+            },
+            request_timeout_secs: parse_or(&get, "REQUEST_TIMEOUT_SECS", 30)?,
             jwks_max_age_secs: parse_or(&get, "JWKS_MAX_AGE", 300)?,
             log_format,
         };
@@ -391,6 +442,19 @@ impl Settings {
         if self.hash_concurrency == 0 {
             return Err(ConfigError(
                 "PASSWORD_HASH_CONCURRENCY must be at least 1".into(),
+            ));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(ConfigError(
+                "REQUEST_TIMEOUT_SECS must be at least 1".into(),
+            ));
+        }
+        if self.limits.backoff_base_secs == 0
+            || self.limits.backoff_max_secs < self.limits.backoff_base_secs
+        {
+            return Err(ConfigError(
+                "LOGIN_BACKOFF_BASE_SECS must be at least 1 and at most LOGIN_BACKOFF_MAX_SECS"
+                    .into(),
             ));
         }
         if self.redis_pool_size == 0 {
@@ -521,6 +585,19 @@ fn parse_or<T: FromStr>(
         Some(value) => value
             .parse()
             .map_err(|_| ConfigError::invalid(name, &value, "a number")),
+        None => Ok(default),
+    }
+}
+
+fn parse_rate(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: Rate,
+) -> Result<Rate, ConfigError> {
+    match get(name) {
+        Some(value) => value
+            .parse()
+            .map_err(|err: String| ConfigError(format!("{name}: {err}"))),
         None => Ok(default),
     }
 }

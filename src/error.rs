@@ -18,7 +18,7 @@ use poem_openapi::{
     types::{ToJSON, Type},
 };
 
-use crate::{auth::tokens::TokenError, session::StoreError};
+use crate::{auth::tokens::TokenError, limits::RateLimitInfo, session::StoreError};
 
 /// Stable machine-readable error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -62,6 +62,8 @@ pub enum ErrorCode {
     InternalError,
     /// 503: a dependency (database or session store) is unavailable; see `Retry-After`.
     ServiceUnavailable,
+    /// 503: too many password checks are queued; see `Retry-After`.
+    Busy,
 }
 
 impl ErrorCode {
@@ -80,7 +82,7 @@ impl ErrorCode {
             ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
-            ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceUnavailable | Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -122,12 +124,14 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// Whether a token was presented (and refused): selects `error="invalid_token"`.
     pub token_presented: bool,
+    /// `RateLimit-*` headers of a 429.
+    pub rate_limit: Option<RateLimitInfo>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let retry_after = match code {
-            ErrorCode::RateLimited | ErrorCode::ServiceUnavailable => Some(5),
+            ErrorCode::RateLimited | ErrorCode::ServiceUnavailable | ErrorCode::Busy => Some(5),
             _ => None,
         };
         Self {
@@ -139,6 +143,7 @@ impl ApiError {
                 code,
                 ErrorCode::InvalidToken | ErrorCode::TokenExpired | ErrorCode::RefreshTokenReused
             ),
+            rate_limit: None,
         }
     }
 
@@ -218,10 +223,17 @@ impl ResponseError for ApiError {
                 .headers_mut()
                 .insert("WWW-Authenticate", value.parse().expect("static header"));
         }
+        let headers = response.headers_mut();
         if let Some(secs) = self.retry_after {
-            response
-                .headers_mut()
-                .insert("Retry-After", secs.to_string().parse().expect("digits"));
+            headers.insert("Retry-After", secs.into());
+        }
+        if let Some(limit) = self.rate_limit {
+            headers.insert("RateLimit-Limit", limit.limit.into());
+            headers.insert("RateLimit-Remaining", limit.remaining.into());
+            headers.insert("RateLimit-Reset", limit.reset_secs.into());
+            if let Ok(policy) = format!("{};w={}", limit.limit, limit.window_secs).parse() {
+                headers.insert("RateLimit-Policy", policy);
+            }
         }
         response
     }
@@ -283,6 +295,11 @@ impl From<sea_orm::DbErr> for ApiError {
         match err {
             sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_) => {
                 Self::unavailable("database", err)
+            }
+            // SQLite's single writer was busy (concurrent writes in the embedded default):
+            // a retry will do.
+            other if other.to_string().contains("database is locked") => {
+                Self::unavailable("database", other)
             }
             other => Self::internal(other),
         }

@@ -12,6 +12,8 @@ pub mod config;
 pub mod db;
 /// The one API error type and its JSON body.
 pub mod error;
+/// Rate limits and login backoff (Redis or in-process).
+pub mod limits;
 /// Revocable session and token-id storage (Redis or in-process).
 pub mod session;
 /// Building and running the HTTP application.

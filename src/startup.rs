@@ -21,7 +21,8 @@ use crate::{
     },
     config::{ConfigError, Settings},
     db,
-    error::{self, ApiError},
+    error::{self, ApiError, ErrorCode},
+    limits::{LimitStore, Limiter, memory::MemoryLimits, redis::RedisLimits},
     session::{SessionStore, StoreError, memory::MemoryStore, redis::RedisStore},
     state::AppState,
 };
@@ -71,23 +72,26 @@ impl Application {
         };
         let db = db::connect(settings.database_url.expose_secret()).await?;
         db::migrate(&db).await?;
-        let sessions: Arc<dyn SessionStore> = match &settings.redis_url {
-            Some(url) => {
-                let store = RedisStore::new(
-                    url.expose_secret(),
-                    &settings.redis_key_prefix,
-                    settings.redis_pool_size,
-                )?;
-                store.ping().await.map_err(|err| {
-                    StoreError(format!("cannot reach Redis at REDIS_URL: {}", err.0))
-                })?;
-                Arc::new(store)
-            }
-            None => {
-                tracing::info!("REDIS_URL unset: using the in-process session store");
-                Arc::new(MemoryStore::new())
-            }
-        };
+        let (sessions, limit_store): (Arc<dyn SessionStore>, Arc<dyn LimitStore>) =
+            match &settings.redis_url {
+                Some(url) => {
+                    let store = RedisStore::new(
+                        url.expose_secret(),
+                        &settings.redis_key_prefix,
+                        settings.redis_pool_size,
+                    )?;
+                    store.ping().await.map_err(|err| {
+                        StoreError(format!("cannot reach Redis at REDIS_URL: {}", err.0))
+                    })?;
+                    let limits = RedisLimits::new(store.pool(), &settings.redis_key_prefix);
+                    (Arc::new(store), Arc::new(limits))
+                }
+                None => {
+                    tracing::info!("REDIS_URL unset: sessions and rate limits stay in process");
+                    (Arc::new(MemoryStore::new()), Arc::new(MemoryLimits::new()))
+                }
+            };
+        let limits = Limiter::new(limit_store, settings.limits.clone());
         let tokens = Arc::new(TokenService::new(
             Arc::new(keys),
             TokenSettings {
@@ -98,7 +102,11 @@ impl Application {
                 leeway_secs: settings.leeway_secs,
             },
         ));
-        let passwords = PasswordService::new(settings.argon2, settings.hash_concurrency)?;
+        let passwords = PasswordService::new(
+            settings.argon2,
+            settings.hash_concurrency,
+            std::time::Duration::from_millis(settings.hash_queue_timeout_ms),
+        )?;
         let cookies = Arc::new(CookiePolicy {
             secure: settings.cookie_secure,
             domain: settings.cookie_domain.clone(),
@@ -136,6 +144,7 @@ impl Application {
                 sessions,
                 tokens,
                 passwords,
+                limits,
                 cookies,
                 settings: Arc::new(settings),
             },
@@ -207,6 +216,8 @@ pub fn routes(state: AppState) -> impl Endpoint {
     let ui = api.swagger_ui();
     let spec_json = api.spec_endpoint();
     let spec_yaml = api.spec_endpoint_yaml();
+    let cors = Arc::new(CorsPolicy::new(&state.settings.allowed_origins));
+    let timeout = std::time::Duration::from_secs(state.settings.request_timeout_secs);
     Route::new()
         .nest("/", api)
         .nest("/docs", ui)
@@ -214,9 +225,137 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .at("/openapi.yaml", spec_yaml)
         .with(CookieJarManager::new())
         .around(limit_body)
+        .around(move |next, req| limit_time(next, req, timeout))
         .catch_all_error(|err| async move { error::from_poem_error(err).as_response() })
-        .around(harden_and_log)
+        .around(move |next, req| cors_and_harden(next, req, cors.clone()))
         .data(state)
+}
+
+/// A request that takes longer than `REQUEST_TIMEOUT_SECS` is answered with 503.
+async fn limit_time<E: Endpoint>(
+    next: Arc<E>,
+    req: Request,
+    timeout: std::time::Duration,
+) -> poem::Result<Response> {
+    match tokio::time::timeout(timeout, next.call(req)).await {
+        Ok(result) => Ok(result?.into_response()),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::ServiceUnavailable,
+            "the request took too long; retry shortly",
+        )
+        .into()),
+    }
+}
+
+/// CORS with an explicit allow-list. poem's `Cors` middleware answers an unlisted origin with
+/// an error and, with an empty list, allows every origin (with credentials); neither is what an
+/// auth service wants, so the policy is this small one: listed origins get the CORS headers
+/// (credentials included), any other origin gets none and its browser blocks the response.
+struct CorsPolicy {
+    origins: Vec<HeaderValue>,
+}
+
+impl CorsPolicy {
+    fn new(allowed: &[String]) -> Self {
+        Self {
+            origins: allowed
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+                .collect(),
+        }
+    }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        self.origins
+            .iter()
+            .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+    }
+}
+
+const CORS_ALLOW_METHODS: &str = "GET, POST, PATCH, DELETE";
+const CORS_ALLOW_HEADERS: &str = "Authorization, Content-Type";
+const CORS_EXPOSE_HEADERS: &str =
+    "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy";
+
+/// CORS, security headers on every response, and one log line per request (method, path,
+/// status, latency: never headers, bodies or query strings, which may carry credentials).
+async fn cors_and_harden<E: Endpoint>(
+    next: Arc<E>,
+    req: Request,
+    cors: Arc<CorsPolicy>,
+) -> poem::Result<Response> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|o| cors.allows(o))
+        .cloned();
+    let preflight = method == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        Response::builder()
+            .status(poem::http::StatusCode::NO_CONTENT)
+            .finish()
+    } else {
+        next.call(req).await?.into_response()
+    };
+    let headers = response.headers_mut();
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        if preflight {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(CORS_ALLOW_METHODS),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(CORS_ALLOW_HEADERS),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+        } else {
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+            );
+        }
+    }
+    headers.insert(
+        "X-Content-Type-Options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("Referrer-Policy", HeaderValue::from_static("no-referrer"));
+    // The API serves JSON only: nothing may be loaded, run or framed. Swagger UI needs its
+    // scripts and styles, so /docs keeps the browser defaults.
+    if !path.starts_with("/docs") {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
+    // Responses of the API may carry tokens or personal data: no cache may keep them.
+    if path.starts_with("/api/") {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    tracing::info!(
+        %method,
+        path = %path,
+        status = response.status().as_u16(),
+        latency_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    Ok(response)
 }
 
 /// Reads at most `MAX_BODY_BYTES` of the body before anything parses it.
@@ -243,30 +382,4 @@ async fn limit_body<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result
         req.set_body(bytes);
     }
     Ok(next.call(req).await?.into_response())
-}
-
-/// Security headers on every response, and one log line per request (method, path, status,
-/// latency: never headers, bodies or query strings, which may carry credentials).
-async fn harden_and_log<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Result<Response> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let mut response = next.call(req).await?.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        "X-Content-Type-Options",
-        HeaderValue::from_static("nosniff"),
-    );
-    // Responses of the API may carry tokens or personal data: no cache may keep them.
-    if path.starts_with("/api/") {
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    tracing::info!(
-        %method,
-        path = %path,
-        status = response.status().as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
-        "request"
-    );
-    Ok(response)
 }

@@ -7,6 +7,7 @@ use sea_orm::DatabaseConnection;
 use crate::{
     auth::{cookies::CookiePolicy, password::PasswordService, tokens::TokenService},
     config::Settings,
+    limits::Limiter,
     session::SessionStore,
 };
 
@@ -16,6 +17,7 @@ pub struct AppState {
     pub sessions: Arc<dyn SessionStore>,
     pub tokens: Arc<TokenService>,
     pub passwords: PasswordService,
+    pub limits: Limiter,
     pub cookies: Arc<CookiePolicy>,
     pub settings: Arc<Settings>,
 }

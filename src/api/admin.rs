@@ -11,7 +11,7 @@ use super::{
     ApiTags,
     request::{Text, text},
     users::UserResponse,
-    validate::Validator,
+    validate::{Validator, has_control_chars},
 };
 use crate::{
     auth::guard::{Admin, RequireRole},
@@ -25,6 +25,8 @@ use crate::{
 
 /// Largest page size.
 pub const MAX_PER_PAGE: i64 = 100;
+/// Largest page number: keeps `(page - 1) * per_page` far inside what the database accepts.
+pub const MAX_PAGE: i64 = 10_000_000;
 const DEFAULT_PER_PAGE: i64 = 20;
 
 /// A user as admins see it: the public view plus `disabled`.
@@ -137,7 +139,7 @@ fn bounded(
     }
 }
 
-fn last_admin() -> ApiError {
+pub fn last_admin() -> ApiError {
     ApiError::new(
         ErrorCode::LastAdmin,
         "this would leave no active admin: promote another admin first",
@@ -165,7 +167,7 @@ impl AdminApi {
         role: Query<Option<String>>,
     ) -> Result<UserPageResult, ApiError> {
         let mut v = Validator::new();
-        let page = bounded(&mut v, "page", page.0, 1, 1..=i64::MAX);
+        let page = bounded(&mut v, "page", page.0, 1, 1..=MAX_PAGE);
         let per_page = bounded(
             &mut v,
             "per_page",
@@ -174,12 +176,16 @@ impl AdminApi {
             1..=MAX_PER_PAGE,
         );
         let role = role_field(&mut v, "role", role.0);
+        let email = email
+            .0
+            .map(|e| e.trim().to_lowercase())
+            .filter(|e| !e.is_empty());
+        if email.as_deref().is_some_and(has_control_chars) {
+            v.fail("email", "must not contain control characters");
+        }
         let (page, per_page) = v.finish(page.zip(per_page))?;
         let filter = UserFilter {
-            email_contains: email
-                .0
-                .map(|e| e.trim().to_lowercase())
-                .filter(|e| !e.is_empty()),
+            email_contains: email,
             role,
         };
         // Both are positive here; a page past the end is simply empty.
@@ -246,8 +252,10 @@ impl AdminApi {
             ChangeOutcome::Deleted => return Err(ApiError::internal("update reported a delete")),
         };
         if user.disabled {
-            // The guard already refuses a disabled user's tokens; revoking also ends the
-            // sessions so they do not come back if the account is enabled again.
+            // The guard already refuses a disabled user's tokens; revoking ends the sessions
+            // so they do not come back if the account is enabled again. If the store fails
+            // here the client gets 503 and repeats the (idempotent) request; a login racing
+            // with the change re-reads the user after creating its session.
             state.sessions.revoke_all(user.id, None).await?;
         }
         tracing::info!(

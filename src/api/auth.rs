@@ -2,13 +2,14 @@
 
 use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use secrecy::SecretString;
 use uuid::Uuid;
 
 use super::{
     ApiTags,
     request::{OptionalJson, Text, client_ip, text, user_agent},
     users::{UserEnvelope, UserResponse},
-    validate::{Validator, normalize_email},
+    validate::{Validator, has_control_chars, normalize_email},
 };
 use crate::{
     auth::{
@@ -22,6 +23,7 @@ use crate::{
         users,
     },
     error::{ApiError, ErrorCode},
+    limits::Rule,
     session::{NewSession, RotateOutcome, Rotation},
     state::AppState,
 };
@@ -108,6 +110,13 @@ pub enum LogoutResult {
     LoggedOut,
 }
 
+/// The rate-limit key of the client: its IP (see `TRUSTED_PROXIES`).
+fn ip_key(state: &AppState, req: &Request) -> String {
+    client_ip(req, &state.settings.trusted_proxies)
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 pub struct AuthApi;
 
 #[OpenApi(prefix_path = "/api/v1/auth", tag = "ApiTags::Auth")]
@@ -120,8 +129,14 @@ impl AuthApi {
     async fn register(
         &self,
         state: poem::web::Data<&AppState>,
+        req: &Request,
         body: Json<RegisterRequest>,
     ) -> Result<RegisterResult, ApiError> {
+        // Before anything is hashed: a flood costs a counter, not argon2.
+        state
+            .limits
+            .check(Rule::RegisterPerIp, &ip_key(&state, req))
+            .await?;
         let body = body.0;
         let mut v = Validator::new();
         let name = v.name("name", text(body.name));
@@ -179,19 +194,46 @@ impl AuthApi {
         let password = v.given_password("password", text(body.password));
         let (email, password) = v.finish(email.zip(password))?;
 
-        let user = users::find_by_email(&state.db, &email).await?;
+        // Limits and backoff come before any hashing.
+        let limits = &state.limits;
+        limits.check(Rule::LoginPerIp, &ip_key(&state, req)).await?;
+        limits.check(Rule::LoginPerAccount, &email).await?;
+        limits.check_backoff(&email).await?;
+
+        // An address no account can have (control characters would also break PostgreSQL
+        // text) is simply unknown: same answer, same cost.
+        let user = if has_control_chars(&email) {
+            None
+        } else {
+            users::find_by_email(&state.db, &email).await?
+        };
         // An unknown email is checked against a dummy hash so both failures cost the same.
         let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
-        let valid = state.passwords.verify(password.into(), stored_hash).await?;
+        let password: SecretString = password.into();
+        let valid = state
+            .passwords
+            .verify(password.clone(), stored_hash)
+            .await?;
         let user = match user {
             Some(user) if valid => user,
             _ => {
                 tracing::info!("login failed");
+                limits.login_failed(&email).await?;
                 return Err(ApiError::new(
                     ErrorCode::InvalidCredentials,
                     "wrong email or password",
                 ));
             }
+        };
+        limits.login_succeeded(&email).await?;
+        let user = if state.passwords.needs_rehash(&user.password_hash) {
+            // The configured argon2 cost changed since this hash was made: upgrade it now that
+            // the password is at hand.
+            let hash = state.passwords.hash(password).await?;
+            tracing::info!(user_id = %user.id, "password rehashed with the current parameters");
+            users::update_password_hash(&state.db, user, hash).await?
+        } else {
+            user
         };
         if user.disabled {
             return Err(ApiError::new(
@@ -220,6 +262,18 @@ impl AuthApi {
                 refresh_exp: pair.refresh.exp,
             })
             .await?;
+        // A password change or a disable that completed while this login was hashing has
+        // already revoked every session; make sure this one does not slip past it.
+        let current = users::find_by_id(&state.db, user.id).await?;
+        if current.as_ref().is_none_or(|c| {
+            c.password_hash != user.password_hash || c.disabled || c.role != user.role
+        }) {
+            state.sessions.revoke(user.id, session_id).await?;
+            return Err(ApiError::new(
+                ErrorCode::InvalidCredentials,
+                "wrong email or password",
+            ));
+        }
         tracing::info!(user_id = %user.id, session_id = %session_id, "login succeeded");
         state
             .cookies
@@ -243,6 +297,10 @@ impl AuthApi {
         req: &Request,
         body: OptionalJson<RefreshRequest>,
     ) -> Result<TokenResult, ApiError> {
+        state
+            .limits
+            .check(Rule::RefreshPerIp, &ip_key(&state, req))
+            .await?;
         let from_body = body
             .0
             .and_then(|b| text(b.refresh_token))

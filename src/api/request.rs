@@ -48,7 +48,13 @@ pub fn user_agent(req: &Request) -> Option<String> {
     req.headers()
         .get(poem::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(USER_AGENT_MAX_CHARS).collect())
+        .map(|ua| {
+            ua.trim()
+                .chars()
+                .take(USER_AGENT_MAX_CHARS)
+                .collect::<String>()
+        })
+        .filter(|ua| !ua.is_empty())
 }
 
 /// A JSON request body that may be absent: an empty body (with or without a content type)

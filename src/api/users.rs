@@ -11,7 +11,10 @@ use super::{
 };
 use crate::{
     auth::guard::Authenticated,
-    db::{entities::user, users},
+    db::{
+        entities::user,
+        users::{self, AdminChange, ChangeOutcome},
+    },
     error::ApiError,
     state::AppState,
 };
@@ -157,18 +160,20 @@ impl UsersApi {
         let (current, new) = v.finish(current.zip(new))?;
         confirm_password(&state, &auth.user, "current_password", current).await?;
         let hash = state.passwords.hash(new.into()).await?;
+        let (id, keep) = (auth.user.id, Some(auth.session_id));
+        // Whoever else holds a session may be the reason for the change: end them all. Before
+        // the change (if the store is down nothing changes and the client can retry), and
+        // after it, for a login that raced with the change. Login itself re-checks the hash.
+        state.sessions.revoke_all(id, keep).await?;
         let user = users::update_password_hash(&state.db, auth.user, hash).await?;
-        // Whoever else holds a session may be the reason for the change: end them all.
-        let revoked = state
-            .sessions
-            .revoke_all(user.id, Some(auth.session_id))
-            .await?;
+        let revoked = state.sessions.revoke_all(id, keep).await?;
         tracing::info!(user_id = %user.id, revoked, "password changed");
         Ok(NoContentResult::Done)
     }
 
     /// Delete the signed-in user's account, confirmed with its password. Every session is
-    /// revoked and this client's cookies cleared.
+    /// revoked and this client's cookies cleared. The last active admin cannot delete itself:
+    /// 409 `last_admin`.
     #[oai(path = "/me", method = "delete", operation_id = "delete_me")]
     async fn delete_me(
         &self,
@@ -181,7 +186,15 @@ impl UsersApi {
         let password = v.given_password("password", text(body.0.password));
         let password = v.finish(password)?;
         confirm_password(&state, &auth.user, "password", password).await?;
-        users::delete(&state.db, auth.user.id).await?;
+        match users::change_guarding_last_admin(&state.db, auth.user.id, AdminChange::Delete)
+            .await?
+        {
+            ChangeOutcome::Deleted | ChangeOutcome::NotFound => {}
+            ChangeOutcome::LastAdmin => return Err(crate::api::admin::last_admin()),
+            ChangeOutcome::Updated(_) => {
+                return Err(ApiError::internal("delete reported an update"));
+            }
+        }
         state.sessions.revoke_all(auth.user.id, None).await?;
         state.cookies.clear_session(req.cookie());
         tracing::info!(user_id = %auth.user.id, "account deleted");

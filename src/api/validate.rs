@@ -123,6 +123,11 @@ fn is_forbidden_in_text(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Whether text holds control characters (NUL would also break PostgreSQL text).
+pub fn has_control_chars(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
 /// Emails are trimmed and lower-cased before they are validated, stored or looked up.
 pub fn normalize_email(raw: &str) -> String {
     raw.trim().to_lowercase()

@@ -18,7 +18,11 @@ use poem_openapi::{
 };
 use uuid::Uuid;
 
-use super::{cookies::ACCESS_COOKIE, csrf, tokens::AccessClaims};
+use super::{
+    cookies::ACCESS_COOKIE,
+    csrf,
+    tokens::{AccessClaims, TokenError},
+};
 use crate::{
     db::{
         entities::user::{self, Role},
@@ -82,6 +86,11 @@ pub async fn authenticate(state: &AppState, req: &Request) -> Result<Authenticat
         .is_access_active(claims.sub, claims.sid, claims.jti)
         .await?
     {
+        // Within the verification leeway after `exp` the store has already dropped the jti:
+        // that token expired, it was not revoked, and the client should refresh.
+        if claims.exp <= chrono::Utc::now().timestamp() {
+            return Err(TokenError::Expired.into());
+        }
         return Err(ApiError::invalid_token());
     }
     let user = users::find_by_id(&state.db, claims.sub)

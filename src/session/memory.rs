@@ -246,8 +246,7 @@ impl SessionStore for MemoryStore {
     async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
         let mut inner = self.lock()?;
         let owned = inner
-            .sessions
-            .get(&session_id)
+            .live_session(session_id, now())
             .is_some_and(|s| s.info.user_id == user_id);
         let removed = owned && inner.remove_session(session_id);
         inner.after_write();

@@ -163,6 +163,11 @@ impl RedisStore {
         })
     }
 
+    /// The connection pool, shared with the rate limiter.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
         self.pool
             .get()

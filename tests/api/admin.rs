@@ -238,6 +238,17 @@ async fn the_last_active_admin_cannot_be_demoted_disabled_or_deleted(app: TestAp
         "last_admin",
     )
     .await;
+    // Not through the account's own deletion either.
+    let response = app
+        .client
+        .delete(app.url("/api/v1/users/me"))
+        .bearer_auth(&token)
+        .json(&json!({"password": first.password}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, StatusCode::CONFLICT, "last_admin").await;
+    assert_eq!(app.me(&token).await.status(), StatusCode::OK);
     // Keeping the role is fine.
     let response = admin_call(
         &app,
@@ -317,7 +328,10 @@ async fn pagination_bounds_are_422_and_pages_filters_and_totals_are_right(app: T
         "per_page=99999999999999999999999",
         "page=abc",
         "per_page=1.5",
+        "page=9223372036854775807",
+        "page=10000001",
         "role=root",
+        "email=%00",
     ] {
         let response = admin_call(
             &app,

@@ -66,17 +66,35 @@ async fn user_create_makes_the_first_admin_who_can_log_in() {
     // user row at once.
     let output = latchkey(
         dir.path(),
-        &["user", "set-role", "--email", "ROOT@example.com", "--role", "user"],
+        &[
+            "user",
+            "set-role",
+            "--email",
+            "ROOT@example.com",
+            "--role",
+            "user",
+        ],
         &[("DATABASE_URL", &url)],
         "",
     );
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(String::from_utf8_lossy(&output.stdout).contains("root@example.com is now user"));
     let (_, me) = status_and_json(app.me(body["access_token"].as_str().unwrap()).await).await;
     assert_eq!(me["user"]["role"], "user");
     let output = latchkey(
         dir.path(),
-        &["user", "set-role", "--email", "nobody@example.com", "--role", "admin"],
+        &[
+            "user",
+            "set-role",
+            "--email",
+            "nobody@example.com",
+            "--role",
+            "admin",
+        ],
         &[("DATABASE_URL", &url)],
         "",
     );

@@ -12,6 +12,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use latchkey::{
     auth::keys::generate_pair,
     config::{InlineKeys, KeySource, Settings},
+    limits::{LimitSettings, Rate},
     startup::Application,
     state::AppState,
 };
@@ -121,6 +122,19 @@ pub fn base_settings() -> Settings {
     let mut settings = Settings::development(inline_keys(&KEYS.access, &KEYS.refresh));
     settings.port = 0;
     settings.allowed_origins = vec!["https://app.example.com".into()];
+    // Tests sign in many users from 127.0.0.1: limits only where a test asks for them.
+    let generous = Rate {
+        limit: 100_000,
+        window_secs: 60,
+    };
+    settings.limits = LimitSettings {
+        login_per_ip: generous,
+        login_per_account: generous,
+        register_per_ip: generous,
+        refresh_per_ip: generous,
+        backoff_free_failures: 1000,
+        ..LimitSettings::default()
+    };
     settings
 }
 
@@ -278,8 +292,15 @@ impl TestApp {
     /// A second instance with the same settings: the same database and session store (on the
     /// PostgreSQL + Redis backend they are shared, as between production instances).
     pub async fn spawn_sibling(&self) -> TestApp {
+        self.spawn_sibling_with(|_| {}).await
+    }
+
+    /// A second instance on the same backends, with some settings changed.
+    pub async fn spawn_sibling_with(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = self.settings.clone();
+        configure(&mut settings);
         Self::start(
-            self.settings.clone(),
+            settings,
             Provisioned {
                 database: None,
                 redis_prefix: None,
@@ -518,6 +539,9 @@ macro_rules! backend_tests {
     (with($configure:expr) => $($name:ident),* $(,)?) => {
         $(
             mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn embedded() {
                     super::$name($crate::helpers::TestApp::spawn_with($crate::helpers::Backend::Embedded, $configure).await).await;

@@ -169,6 +169,9 @@ async fn login_failures_are_indistinguishable(app: TestApp) {
     let headers_unknown = unknown.headers().get("www-authenticate").cloned();
     let body_unknown = assert_error(unknown, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
     assert_eq!(body_wrong, body_unknown);
+    // An address no account can have (a NUL byte) gets the same answer, never a 500.
+    let nul = app.login("a\u{0}@example.com", "wrong password!").await;
+    assert_error(nul, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
     assert_eq!(headers_wrong, headers_unknown);
     assert_eq!(headers_wrong.unwrap(), "Bearer");
 }

@@ -264,6 +264,10 @@ async fn expired_tokens_and_sessions_are_gone(store: Arc<dyn SessionStore>) {
             .unwrap()
     );
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert!(
+        !store.revoke(user, s.id).await.unwrap(),
+        "an expired session is gone"
+    );
     assert_eq!(
         store.rotate(rotation(&s, s.refresh_jti)).await.unwrap(),
         RotateOutcome::Unknown

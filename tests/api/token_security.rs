@@ -36,6 +36,26 @@ backend_tests!(
 // tests in sessions.rs).
 backend_tests!(with(|s| s.refresh_grace_secs = 0) => a_rotated_away_refresh_token_is_rejected_and_revokes_the_session);
 
+backend_tests!(with(|s| {
+    s.access_ttl_secs = 2;
+    s.refresh_ttl_secs = 60;
+}) => a_token_past_exp_within_the_leeway_is_reported_expired_not_revoked);
+
+async fn a_token_past_exp_within_the_leeway_is_reported_expired_not_revoked(app: TestApp) {
+    let tokens = live_tokens(&app).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // The signature check still accepts it (30 s leeway) but its jti has expired from the
+    // store: the client is told to refresh, and refreshing works.
+    assert!(app.state.tokens.verify_access(&tokens.access).is_ok());
+    assert_error(
+        app.me(&tokens.access).await,
+        StatusCode::UNAUTHORIZED,
+        "token_expired",
+    )
+    .await;
+    assert_eq!(app.refresh(&tokens.refresh).await.status(), StatusCode::OK);
+}
+
 fn access_kid(app: &TestApp) -> String {
     app.state.tokens.keys().access.kid.clone()
 }

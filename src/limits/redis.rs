@@ -1,0 +1,123 @@
+//! Counters in Redis, shared by every instance. Keys: `P` + `rl:<rule>:<subject>` (a counter
+//! with a TTL = the window) and `P` + `rl:backoff:<email>` (a hash: failures, until).
+
+use async_trait::async_trait;
+use deadpool_redis::Pool;
+use redis::Script;
+
+use super::{LimitSettings, LimitStore};
+use crate::session::StoreError;
+
+/// KEYS: counter. ARGV: window ms. Returns {count, ms until the window ends}.
+const HIT: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}
+"#;
+
+/// KEYS: backoff hash. ARGV: now ms, free failures, base ms, max ms, memory seconds.
+/// Returns {failures, delay ms}. Mirrors `backoff_delay_ms`.
+const FAIL: &str = r#"
+local f = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local free = tonumber(ARGV[2])
+local delay = 0
+if f > free then
+  local doublings = math.min(f - free - 1, 32)
+  delay = math.floor(math.min(tonumber(ARGV[3]) * (2 ^ doublings), tonumber(ARGV[4])))
+end
+redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[1]) + delay)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return {f, delay}
+"#;
+
+pub struct RedisLimits {
+    pool: Pool,
+    prefix: String,
+    hit: Script,
+    fail: Script,
+}
+
+impl RedisLimits {
+    /// Shares the session store's pool.
+    pub fn new(pool: Pool, prefix: &str) -> Self {
+        Self {
+            pool,
+            prefix: format!("{prefix}rl:"),
+            hit: Script::new(HIT),
+            fail: Script::new(FAIL),
+        }
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|err| StoreError(err.to_string()))
+    }
+}
+
+fn to_store(err: redis::RedisError) -> StoreError {
+    StoreError(err.to_string())
+}
+
+#[async_trait]
+impl LimitStore for RedisLimits {
+    async fn hit(&self, key: &str, window_secs: u64) -> Result<(u64, u64), StoreError> {
+        let mut conn = self.conn().await?;
+        let (count, ttl): (u64, i64) = self
+            .hit
+            .key(format!("{}{key}", self.prefix))
+            .arg(window_secs.saturating_mul(1000))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store)?;
+        Ok((count, u64::try_from(ttl).unwrap_or(0)))
+    }
+
+    async fn backoff_wait(&self, key: &str, now_ms: u64) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.conn().await?;
+        let until: Option<u64> = redis::cmd("HGET")
+            .arg(format!("{}{key}", self.prefix))
+            .arg("until")
+            .query_async(&mut conn)
+            .await
+            .map_err(to_store)?;
+        Ok(until
+            .map(|until| until.saturating_sub(now_ms))
+            .filter(|wait| *wait > 0))
+    }
+
+    async fn record_failure(
+        &self,
+        key: &str,
+        now_ms: u64,
+        policy: &LimitSettings,
+    ) -> Result<(u64, u64), StoreError> {
+        let mut conn = self.conn().await?;
+        self.fail
+            .key(format!("{}{key}", self.prefix))
+            .arg(now_ms)
+            .arg(policy.backoff_free_failures)
+            .arg(policy.backoff_base_secs.saturating_mul(1000))
+            .arg(policy.backoff_max_secs.saturating_mul(1000))
+            .arg(policy.backoff_memory_secs)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store)
+    }
+
+    async fn reset(&self, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let _: i64 = redis::cmd("DEL")
+            .arg(format!("{}{key}", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .map_err(to_store)?;
+        Ok(())
+    }
+}
