@@ -9,9 +9,11 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 
-# The workspace: the service (".") and the "migration" crate.
+# The workspace: the service ("."), the "migration" crate and the "bench" crate (a workspace
+# member, so its manifest must be present; only the service binary is built).
 COPY Cargo.toml Cargo.lock ./
 COPY migration/ migration/
+COPY bench/ bench/
 COPY src/ src/
 COPY openapi/ openapi/
 

@@ -148,8 +148,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|err| anyhow::anyhow!("{}: {:?}", err.message, err.details))?;
             let db = db::connect(settings.database_url.expose_secret()).await?;
             db::migrate(&db).await?;
-            let hasher =
-                PasswordService::new(settings.argon2, 1, std::time::Duration::from_secs(60))?;
+            let hasher = PasswordService::new(
+                settings.argon2,
+                1,
+                std::time::Duration::from_secs(60),
+                std::sync::Arc::new(crate::telemetry::metrics::Metrics::new()),
+            )?;
             let password_hash = hasher.hash(password.into()).await?;
             let user = db::users::insert(
                 &db,

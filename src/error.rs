@@ -125,8 +125,14 @@ pub struct ApiError {
     /// Whether a token was presented (and refused): selects `error="invalid_token"`.
     pub token_presented: bool,
     /// `RateLimit-*` headers of a 429.
-    pub rate_limit: Option<RateLimitInfo>,
+    pub rate_limit: Option<Box<RateLimitInfo>>,
+    /// The dependency that failed, for the metrics (`database`, `session store`).
+    pub dependency: Option<&'static str>,
 }
+
+/// Attached to an error response: which dependency failed (read by the metrics middleware).
+#[derive(Debug, Clone, Copy)]
+pub struct DependencyFailure(pub &'static str);
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -144,6 +150,7 @@ impl ApiError {
                 ErrorCode::InvalidToken | ErrorCode::TokenExpired | ErrorCode::RefreshTokenReused
             ),
             rate_limit: None,
+            dependency: None,
         }
     }
 
@@ -183,12 +190,15 @@ impl ApiError {
     }
 
     /// A 503 naming the dependency that is down; the cause is logged.
-    pub fn unavailable(dependency: &str, cause: impl std::fmt::Display) -> Self {
+    pub fn unavailable(dependency: &'static str, cause: impl std::fmt::Display) -> Self {
         tracing::error!(dependency, error = %cause, "dependency unavailable");
-        Self::new(
-            ErrorCode::ServiceUnavailable,
-            format!("{dependency} is unavailable; retry shortly"),
-        )
+        Self {
+            dependency: Some(dependency),
+            ..Self::new(
+                ErrorCode::ServiceUnavailable,
+                format!("{dependency} is unavailable; retry shortly"),
+            )
+        }
     }
 
     pub fn body(&self) -> ErrorBody {
@@ -223,11 +233,14 @@ impl ResponseError for ApiError {
                 .headers_mut()
                 .insert("WWW-Authenticate", value.parse().expect("static header"));
         }
+        if let Some(dependency) = self.dependency {
+            response.set_data(DependencyFailure(dependency));
+        }
         let headers = response.headers_mut();
         if let Some(secs) = self.retry_after {
             headers.insert("Retry-After", secs.into());
         }
-        if let Some(limit) = self.rate_limit {
+        if let Some(limit) = self.rate_limit.as_deref() {
             headers.insert("RateLimit-Limit", limit.limit.into());
             headers.insert("RateLimit-Remaining", limit.remaining.into());
             headers.insert("RateLimit-Reset", limit.reset_secs.into());
@@ -301,7 +314,10 @@ impl From<sea_orm::DbErr> for ApiError {
             other if other.to_string().contains("database is locked") => {
                 Self::unavailable("database", other)
             }
-            other => Self::internal(other),
+            other => Self {
+                dependency: Some("database"),
+                ..Self::internal(other)
+            },
         }
     }
 }

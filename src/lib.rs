@@ -2,6 +2,8 @@
 
 /// HTTP endpoints, one `#[OpenApi]` struct per resource.
 pub mod api;
+/// The account event trail.
+pub mod audit;
 /// Tokens, keys, password hashing and the request guard.
 pub mod auth;
 /// The command line: `serve`, `keys`, `migrate`, `user`, `openapi`.
@@ -20,5 +22,5 @@ pub mod session;
 pub mod startup;
 /// Shared application state handed to every endpoint.
 pub mod state;
-/// Tracing subscriber setup.
+/// Tracing setup, Prometheus metrics and request ids.
 pub mod telemetry;

@@ -13,6 +13,7 @@ use poem::{
 
 use crate::{
     api,
+    audit::Audit,
     auth::{
         cookies::CookiePolicy,
         keys::Keys,
@@ -21,12 +22,15 @@ use crate::{
     },
     config::{ConfigError, Settings},
     db,
-    error::{self, ApiError, ErrorCode},
+    error::{self, ApiError, DependencyFailure, ErrorCode},
     limits::{LimitStore, Limiter, memory::MemoryLimits, redis::RedisLimits},
     session::{SessionStore, StoreError, memory::MemoryStore, redis::RedisStore},
     state::AppState,
+    telemetry::{metrics::Metrics, request_id},
 };
+use poem_openapi::OperationId;
 use secrecy::ExposeSecret;
+use tracing::Instrument;
 
 /// Request bodies above this size get 413 before any parsing (API.md section 1).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -91,7 +95,8 @@ impl Application {
                     (Arc::new(MemoryStore::new()), Arc::new(MemoryLimits::new()))
                 }
             };
-        let limits = Limiter::new(limit_store, settings.limits.clone());
+        let metrics = Arc::new(Metrics::new());
+        let limits = Limiter::new(limit_store, settings.limits.clone(), metrics.clone());
         let tokens = Arc::new(TokenService::new(
             Arc::new(keys),
             TokenSettings {
@@ -106,7 +111,13 @@ impl Application {
             settings.argon2,
             settings.hash_concurrency,
             std::time::Duration::from_millis(settings.hash_queue_timeout_ms),
+            metrics.clone(),
         )?;
+        let audit = Audit::new(
+            db.clone(),
+            metrics.clone(),
+            settings.trusted_proxies.clone(),
+        );
         let cookies = Arc::new(CookiePolicy {
             secure: settings.cookie_secure,
             domain: settings.cookie_domain.clone(),
@@ -147,6 +158,8 @@ impl Application {
                 limits,
                 cookies,
                 settings: Arc::new(settings),
+                metrics,
+                audit,
             },
         })
     }
@@ -216,19 +229,59 @@ pub fn routes(state: AppState) -> impl Endpoint {
     let ui = api.swagger_ui();
     let spec_json = api.spec_endpoint();
     let spec_yaml = api.spec_endpoint_yaml();
-    let cors = Arc::new(CorsPolicy::new(&state.settings.allowed_origins));
+    let frame = Arc::new(Frame {
+        cors: CorsPolicy::new(&state.settings.allowed_origins),
+        metrics: state.metrics.clone(),
+    });
     let timeout = std::time::Duration::from_secs(state.settings.request_timeout_secs);
     Route::new()
         .nest("/", api)
         .nest("/docs", ui)
         .at("/openapi.json", spec_json)
         .at("/openapi.yaml", spec_yaml)
+        .at("/metrics", poem::get(metrics_endpoint))
         .with(CookieJarManager::new())
         .around(limit_body)
         .around(move |next, req| limit_time(next, req, timeout))
-        .catch_all_error(|err| async move { error::from_poem_error(err).as_response() })
-        .around(move |next, req| cors_and_harden(next, req, cors.clone()))
+        .catch_all_error(|err| async move {
+            // Keep the operation id poem-openapi attached to the error, for the metrics.
+            let operation = err.data::<OperationId>().copied();
+            let mut response = error::from_poem_error(err).as_response();
+            if let Some(operation) = operation {
+                response.set_data(operation);
+            }
+            response
+        })
+        .around(move |next, req| frame_request(next, req, frame.clone()))
         .data(state)
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[poem::handler]
+fn metrics_endpoint(state: poem::web::Data<&AppState>) -> Response {
+    Response::builder()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+/// What the outermost middleware needs.
+struct Frame {
+    cors: CorsPolicy,
+    metrics: Arc<Metrics>,
+}
+
+/// The metrics label of a request: its OpenAPI operation id, a static route, or `unmatched`
+/// (never the raw path, which would let clients create unbounded label values).
+fn operation_label(response: &Response, path: &str) -> &'static str {
+    if let Some(OperationId(id)) = response.data::<OperationId>() {
+        return id;
+    }
+    match path {
+        "/metrics" => "metrics",
+        "/openapi.json" | "/openapi.yaml" => "openapi",
+        p if p == "/docs" || p.starts_with("/docs/") => "docs",
+        _ => "unmatched",
+    }
 }
 
 /// A request that takes longer than `REQUEST_TIMEOUT_SECS` is answered with 503.
@@ -277,13 +330,30 @@ const CORS_ALLOW_HEADERS: &str = "Authorization, Content-Type";
 const CORS_EXPOSE_HEADERS: &str =
     "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy";
 
-/// CORS, security headers on every response, and one log line per request (method, path,
-/// status, latency: never headers, bodies or query strings, which may carry credentials).
+/// The outermost layer: a request id (from `X-Request-Id` or new, echoed back and on every log
+/// line of the request), CORS, security headers, metrics, and one log line per request
+/// (method, path, status, latency: never headers, bodies or query strings, which may carry
+/// credentials).
+async fn frame_request<E: Endpoint>(
+    next: Arc<E>,
+    req: Request,
+    frame: Arc<Frame>,
+) -> poem::Result<Response> {
+    let request_id = request_id::for_request(&req);
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut response = cors_and_harden(next, req, &frame).instrument(span).await?;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
+    Ok(response)
+}
+
 async fn cors_and_harden<E: Endpoint>(
     next: Arc<E>,
     req: Request,
-    cors: Arc<CorsPolicy>,
+    frame: &Frame,
 ) -> poem::Result<Response> {
+    let cors = &frame.cors;
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -348,11 +418,32 @@ async fn cors_and_harden<E: Endpoint>(
     if path.starts_with("/api/") {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
+    let elapsed = started.elapsed();
+    let operation = operation_label(&response, &path);
+    let status = response.status();
+    frame
+        .metrics
+        .http_requests
+        .with_label_values(&[operation, method.as_str(), status.as_str()])
+        .inc();
+    frame
+        .metrics
+        .http_duration
+        .with_label_values(&[operation, method.as_str()])
+        .observe(elapsed.as_secs_f64());
+    if let Some(DependencyFailure(dependency)) = response.data::<DependencyFailure>() {
+        frame
+            .metrics
+            .dependency_errors
+            .with_label_values(&[dependency])
+            .inc();
+    }
     tracing::info!(
         %method,
         path = %path,
-        status = response.status().as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
+        operation,
+        status = status.as_u16(),
+        latency_us = elapsed.as_micros() as u64,
         "request"
     );
     Ok(response)

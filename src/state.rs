@@ -5,10 +5,12 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 
 use crate::{
+    audit::Audit,
     auth::{cookies::CookiePolicy, password::PasswordService, tokens::TokenService},
     config::Settings,
     limits::Limiter,
     session::SessionStore,
+    telemetry::metrics::Metrics,
 };
 
 #[derive(Clone)]
@@ -20,4 +22,6 @@ pub struct AppState {
     pub limits: Limiter,
     pub cookies: Arc<CookiePolicy>,
     pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+    pub audit: Audit,
 }

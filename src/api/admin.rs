@@ -5,6 +5,7 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
 };
+use serde_json::json;
 use uuid::Uuid;
 
 use super::{
@@ -14,9 +15,15 @@ use super::{
     validate::{Validator, has_control_chars},
 };
 use crate::{
+    audit::{Event, EventType},
     auth::guard::{Admin, RequireRole},
     db::{
-        entities::user::{self, Role},
+        self,
+        audit::AuditFilter,
+        entities::{
+            audit_event,
+            user::{self, Role},
+        },
         users::{self, AdminChange, ChangeOutcome, UserFilter},
     },
     error::{ApiError, ErrorCode},
@@ -146,6 +153,51 @@ pub fn last_admin() -> ApiError {
     )
 }
 
+/// One audit event.
+#[derive(Debug, Clone, Object)]
+pub struct AuditEventResponse {
+    pub id: Uuid,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    pub event_type: String,
+    pub user_id: Option<Uuid>,
+    pub session_id: Option<Uuid>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// Event-specific facts, e.g. `{"by": admin id, "from": "user", "to": "admin"}`.
+    pub detail: Option<serde_json::Value>,
+}
+
+impl From<audit_event::Model> for AuditEventResponse {
+    fn from(event: audit_event::Model) -> Self {
+        Self {
+            id: event.id,
+            occurred_at: event.occurred_at,
+            event_type: event.event_type,
+            user_id: event.user_id,
+            session_id: event.session_id,
+            ip: event.ip,
+            user_agent: event.user_agent,
+            detail: event.detail.and_then(|d| serde_json::from_str(&d).ok()),
+        }
+    }
+}
+
+/// One page of audit events, newest first.
+#[derive(Debug, Clone, Object)]
+pub struct AuditPage {
+    pub events: Vec<AuditEventResponse>,
+    pub page: i64,
+    pub per_page: i64,
+    pub total: u64,
+}
+
+#[derive(ApiResponse)]
+pub enum AuditPageResult {
+    /// The page.
+    #[oai(status = 200)]
+    Ok(Json<AuditPage>),
+}
+
 pub struct AdminApi;
 
 #[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Admin")]
@@ -230,6 +282,7 @@ impl AdminApi {
     async fn update(
         &self,
         state: poem::web::Data<&AppState>,
+        req: &poem::Request,
         admin: RequireRole<Admin>,
         id: Path<Uuid>,
         body: Json<AdminUpdateRequest>,
@@ -245,6 +298,7 @@ impl AdminApi {
             role,
             disabled: body.disabled,
         };
+        let before = users::find_by_id(&state.db, id.0).await?;
         let user = match users::change_guarding_last_admin(&state.db, id.0, change).await? {
             ChangeOutcome::Updated(user) => user,
             ChangeOutcome::NotFound => return Err(ApiError::not_found("no such user")),
@@ -265,6 +319,26 @@ impl AdminApi {
             disabled = user.disabled,
             "user updated by admin"
         );
+        let actor = admin.auth.user.id;
+        if let Some(before) = before {
+            if before.role != user.role {
+                let event = Event::new(EventType::RoleChanged, Some(user.id), None).detail(json!({
+                    "by": actor,
+                    "from": before.role.as_str(),
+                    "to": user.role.as_str(),
+                }));
+                state.audit.record(req, event).await;
+            }
+            if before.disabled != user.disabled {
+                let kind = if user.disabled {
+                    EventType::UserDisabled
+                } else {
+                    EventType::UserEnabled
+                };
+                let event = Event::new(kind, Some(user.id), None).detail(json!({"by": actor}));
+                state.audit.record(req, event).await;
+            }
+        }
         Ok(AdminUserResult::Ok(Json(AdminUserEnvelope {
             user: user.into(),
         })))
@@ -280,6 +354,7 @@ impl AdminApi {
     async fn delete(
         &self,
         state: poem::web::Data<&AppState>,
+        req: &poem::Request,
         admin: RequireRole<Admin>,
         id: Path<Uuid>,
     ) -> Result<AdminNoContent, ApiError> {
@@ -293,7 +368,80 @@ impl AdminApi {
         }
         state.sessions.revoke_all(id.0, None).await?;
         tracing::info!(admin_id = %admin.auth.user.id, user_id = %id.0, "user deleted by admin");
+        let event = Event::new(EventType::UserDeleted, Some(id.0), None)
+            .detail(json!({"by": admin.auth.user.id}));
+        state.audit.record(req, event).await;
         Ok(AdminNoContent::Done)
+    }
+
+    /// The audit trail, newest first: registrations, logins (succeeded and failed), logouts,
+    /// refresh-token reuse, password changes, role changes, disabled/enabled and deleted users.
+    /// Filter by `user_id` and `event_type`; `page` from 1, `per_page` 1 to 100.
+    #[oai(
+        path = "/audit",
+        method = "get",
+        operation_id = "admin_list_audit_events"
+    )]
+    async fn audit(
+        &self,
+        state: poem::web::Data<&AppState>,
+        _admin: RequireRole<Admin>,
+        /// Page number, from 1 (default 1).
+        page: Query<Option<String>>,
+        /// Page size, 1 to 100 (default 20).
+        per_page: Query<Option<String>>,
+        /// Only events of this user.
+        user_id: Query<Option<String>>,
+        /// Only events of this type, e.g. `login_failed`.
+        event_type: Query<Option<String>>,
+    ) -> Result<AuditPageResult, ApiError> {
+        let mut v = Validator::new();
+        let page = bounded(&mut v, "page", page.0, 1, 1..=MAX_PAGE);
+        let per_page = bounded(
+            &mut v,
+            "per_page",
+            per_page.0,
+            DEFAULT_PER_PAGE,
+            1..=MAX_PER_PAGE,
+        );
+        let user_id = match user_id.0 {
+            Some(raw) => match Uuid::parse_str(raw.trim()) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    v.fail("user_id", "must be a UUID");
+                    None
+                }
+            },
+            None => None,
+        };
+        let event_type = match event_type.0 {
+            Some(raw) => {
+                let known = EventType::iter().find(|kind| kind.as_str() == raw.trim());
+                if known.is_none() {
+                    v.fail("event_type", "is not a known event type");
+                }
+                known.map(|kind| kind.as_str().to_owned())
+            }
+            None => None,
+        };
+        let (page, per_page) = v.finish(page.zip(per_page))?;
+        let filter = AuditFilter {
+            user_id,
+            event_type,
+        };
+        let (events, total) = db::audit::list(
+            &state.db,
+            &filter,
+            page.unsigned_abs(),
+            per_page.unsigned_abs(),
+        )
+        .await?;
+        Ok(AuditPageResult::Ok(Json(AuditPage {
+            events: events.into_iter().map(Into::into).collect(),
+            page,
+            per_page,
+            total,
+        })))
     }
 
     /// Revoke every session of a user (all devices); the account stays usable.

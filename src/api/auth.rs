@@ -3,6 +3,7 @@
 use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 use secrecy::SecretString;
+use serde_json::json;
 use uuid::Uuid;
 
 use super::{
@@ -12,6 +13,7 @@ use super::{
     validate::{Validator, has_control_chars, normalize_email},
 };
 use crate::{
+    audit::{Event, EventType},
     auth::{
         cookies::REFRESH_COOKIE,
         csrf,
@@ -163,6 +165,8 @@ impl AuthApi {
         match created {
             Ok(user) => {
                 tracing::info!(user_id = %user.id, "user registered");
+                let event = Event::new(EventType::Registered, Some(user.id), None);
+                state.audit.record(req, event).await;
                 Ok(RegisterResult::Created(Json(user.into())))
             }
             Err(err) if users::is_unique_violation(&err) => Err(ApiError::new(
@@ -216,8 +220,17 @@ impl AuthApi {
             .await?;
         let user = match user {
             Some(user) if valid => user,
-            _ => {
+            other => {
                 tracing::info!("login failed");
+                state.metrics.logins.with_label_values(&["failed"]).inc();
+                let reason = if other.is_some() {
+                    "wrong_password"
+                } else {
+                    "unknown_email"
+                };
+                let event = Event::new(EventType::LoginFailed, other.map(|u| u.id), None)
+                    .detail(json!({"email": email, "reason": reason}));
+                state.audit.record(req, event).await;
                 limits.login_failed(&email).await?;
                 return Err(ApiError::new(
                     ErrorCode::InvalidCredentials,
@@ -236,6 +249,10 @@ impl AuthApi {
             user
         };
         if user.disabled {
+            state.metrics.logins.with_label_values(&["disabled"]).inc();
+            let event = Event::new(EventType::LoginFailed, Some(user.id), None)
+                .detail(json!({"email": email, "reason": "disabled"}));
+            state.audit.record(req, event).await;
             return Err(ApiError::new(
                 ErrorCode::AccountDisabled,
                 "this account is disabled",
@@ -275,6 +292,9 @@ impl AuthApi {
             ));
         }
         tracing::info!(user_id = %user.id, session_id = %session_id, "login succeeded");
+        state.metrics.logins.with_label_values(&["ok"]).inc();
+        let event = Event::new(EventType::LoginSucceeded, Some(user.id), Some(session_id));
+        state.audit.record(req, event).await;
         state
             .cookies
             .set_session(req.cookie(), &pair.access_token, &pair.refresh_token);
@@ -297,84 +317,15 @@ impl AuthApi {
         req: &Request,
         body: OptionalJson<RefreshRequest>,
     ) -> Result<TokenResult, ApiError> {
-        state
-            .limits
-            .check(Rule::RefreshPerIp, &ip_key(&state, req))
-            .await?;
-        let from_body = body
-            .0
-            .and_then(|b| text(b.refresh_token))
-            .filter(|t| !t.is_empty());
-        let token = match from_body {
-            Some(token) => token,
-            None => {
-                let cookie = req
-                    .cookie()
-                    .get(REFRESH_COOKIE)
-                    .map(|c| c.value_str().to_owned())
-                    .filter(|t| !t.is_empty())
-                    .ok_or_else(ApiError::missing_token)?;
-                // The browser attached this cookie by itself: make sure the page is ours.
-                csrf::check(req, &state.settings.allowed_origins)?;
-                cookie
-            }
+        let result = refresh_pair(&state, req, body).await;
+        let label = match &result {
+            Ok((_, kind)) => *kind,
+            Err(err) if err.code == ErrorCode::RefreshTokenReused => "reused",
+            Err(err) if err.code.status().is_client_error() => "rejected",
+            Err(_) => "error",
         };
-        let claims = state.tokens.verify_refresh(&token)?;
-        let user = users::find_by_id(&state.db, claims.sub)
-            .await?
-            .filter(|u| !u.disabled)
-            .ok_or_else(ApiError::invalid_token)?;
-        let pair = state
-            .tokens
-            .issue_pair(user.id, user.role.as_str(), claims.sid)
-            .await?;
-        let grace_payload = serde_json::to_string(&PairClaims {
-            access: pair.access.clone(),
-            refresh: pair.refresh.clone(),
-        })
-        .map_err(anyhow::Error::from)?;
-        // One atomic step in the store: only the session's current refresh token rotates.
-        let outcome = state
-            .sessions
-            .rotate(Rotation {
-                user_id: user.id,
-                session_id: claims.sid,
-                presented_refresh_jti: claims.jti,
-                new_access_jti: pair.access.jti,
-                new_access_exp: pair.access.exp,
-                new_refresh_jti: pair.refresh.jti,
-                new_refresh_exp: pair.refresh.exp,
-                now: pair.access.iat,
-                grace_secs: state.settings.refresh_grace_secs,
-                grace_payload,
-            })
-            .await?;
-        let pair = match outcome {
-            RotateOutcome::Rotated => pair,
-            RotateOutcome::Grace(payload) => {
-                // A concurrent duplicate (two tabs): answer with the pair the winner got; the
-                // pair signed above was never stored, so it never works.
-                let claims: PairClaims =
-                    serde_json::from_str(&payload).map_err(anyhow::Error::from)?;
-                state.tokens.sign_pair(claims).await?
-            }
-            RotateOutcome::Reused => {
-                tracing::warn!(
-                    user_id = %user.id,
-                    session_id = %claims.sid,
-                    "refresh token reuse detected: session revoked"
-                );
-                return Err(ApiError::new(
-                    ErrorCode::RefreshTokenReused,
-                    "this refresh token was already used; the session has been revoked",
-                ));
-            }
-            RotateOutcome::Unknown => return Err(ApiError::invalid_token()),
-        };
-        state
-            .cookies
-            .set_session(req.cookie(), &pair.access_token, &pair.refresh_token);
-        Ok(TokenResult::Ok(Json(TokenPair::new(pair, user))))
+        state.metrics.refreshes.with_label_values(&[label]).inc();
+        result.map(|(tokens, _)| tokens)
     }
 
     /// Log out of every session of the signed-in user (every device): all their tokens are
@@ -388,6 +339,13 @@ impl AuthApi {
     ) -> Result<LogoutResult, ApiError> {
         let revoked = state.sessions.revoke_all(auth.user.id, None).await?;
         tracing::info!(user_id = %auth.user.id, revoked, "logout-all");
+        let event = Event::new(
+            EventType::LogoutAll,
+            Some(auth.user.id),
+            Some(auth.session_id),
+        )
+        .detail(json!({"sessions_revoked": revoked}));
+        state.audit.record(req, event).await;
         state.cookies.clear_session(req.cookie());
         Ok(LogoutResult::LoggedOut)
     }
@@ -402,7 +360,101 @@ impl AuthApi {
     ) -> Result<LogoutResult, ApiError> {
         state.sessions.revoke(auth.user.id, auth.session_id).await?;
         tracing::info!(user_id = %auth.user.id, session_id = %auth.session_id, "logout");
+        let event = Event::new(EventType::Logout, Some(auth.user.id), Some(auth.session_id));
+        state.audit.record(req, event).await;
         state.cookies.clear_session(req.cookie());
         Ok(LogoutResult::LoggedOut)
     }
+}
+
+/// The refresh itself; the answer and whether it was a rotation (`ok`) or a grace-window
+/// duplicate (`grace`).
+async fn refresh_pair(
+    state: &AppState,
+    req: &Request,
+    body: OptionalJson<RefreshRequest>,
+) -> Result<(TokenResult, &'static str), ApiError> {
+    state
+        .limits
+        .check(Rule::RefreshPerIp, &ip_key(state, req))
+        .await?;
+    let from_body = body
+        .0
+        .and_then(|b| text(b.refresh_token))
+        .filter(|t| !t.is_empty());
+    let token = match from_body {
+        Some(token) => token,
+        None => {
+            let cookie = req
+                .cookie()
+                .get(REFRESH_COOKIE)
+                .map(|c| c.value_str().to_owned())
+                .filter(|t| !t.is_empty())
+                .ok_or_else(ApiError::missing_token)?;
+            // The browser attached this cookie by itself: make sure the page is ours.
+            csrf::check(req, &state.settings.allowed_origins)?;
+            cookie
+        }
+    };
+    let claims = state.tokens.verify_refresh(&token)?;
+    let user = users::find_by_id(&state.db, claims.sub)
+        .await?
+        .filter(|u| !u.disabled)
+        .ok_or_else(ApiError::invalid_token)?;
+    let pair = state
+        .tokens
+        .issue_pair(user.id, user.role.as_str(), claims.sid)
+        .await?;
+    let grace_payload = serde_json::to_string(&PairClaims {
+        access: pair.access.clone(),
+        refresh: pair.refresh.clone(),
+    })
+    .map_err(anyhow::Error::from)?;
+    // One atomic step in the store: only the session's current refresh token rotates.
+    let outcome = state
+        .sessions
+        .rotate(Rotation {
+            user_id: user.id,
+            session_id: claims.sid,
+            presented_refresh_jti: claims.jti,
+            new_access_jti: pair.access.jti,
+            new_access_exp: pair.access.exp,
+            new_refresh_jti: pair.refresh.jti,
+            new_refresh_exp: pair.refresh.exp,
+            now: pair.access.iat,
+            grace_secs: state.settings.refresh_grace_secs,
+            grace_payload,
+        })
+        .await?;
+    let (pair, kind) = match outcome {
+        RotateOutcome::Rotated => (pair, "ok"),
+        RotateOutcome::Grace(payload) => {
+            // A concurrent duplicate (two tabs): answer with the pair the winner got; the
+            // pair signed above was never stored, so it never works.
+            let claims: PairClaims = serde_json::from_str(&payload).map_err(anyhow::Error::from)?;
+            (state.tokens.sign_pair(claims).await?, "grace")
+        }
+        RotateOutcome::Reused => {
+            tracing::warn!(
+                user_id = %user.id,
+                session_id = %claims.sid,
+                "refresh token reuse detected: session revoked"
+            );
+            let event = Event::new(
+                EventType::RefreshReuseDetected,
+                Some(user.id),
+                Some(claims.sid),
+            );
+            state.audit.record(req, event).await;
+            return Err(ApiError::new(
+                ErrorCode::RefreshTokenReused,
+                "this refresh token was already used; the session has been revoked",
+            ));
+        }
+        RotateOutcome::Unknown => return Err(ApiError::invalid_token()),
+    };
+    state
+        .cookies
+        .set_session(req.cookie(), &pair.access_token, &pair.refresh_token);
+    Ok((TokenResult::Ok(Json(TokenPair::new(pair, user))), kind))
 }

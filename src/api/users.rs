@@ -10,6 +10,7 @@ use super::{
     validate::Validator,
 };
 use crate::{
+    audit::{Event, EventType},
     auth::guard::Authenticated,
     db::{
         entities::user,
@@ -150,6 +151,7 @@ impl UsersApi {
     async fn change_password(
         &self,
         state: poem::web::Data<&AppState>,
+        req: &poem::Request,
         auth: Authenticated,
         body: Json<ChangePasswordRequest>,
     ) -> Result<NoContentResult, ApiError> {
@@ -168,6 +170,9 @@ impl UsersApi {
         let user = users::update_password_hash(&state.db, auth.user, hash).await?;
         let revoked = state.sessions.revoke_all(id, keep).await?;
         tracing::info!(user_id = %user.id, revoked, "password changed");
+        let event = Event::new(EventType::PasswordChanged, Some(user.id), keep)
+            .detail(serde_json::json!({"other_sessions_revoked": revoked}));
+        state.audit.record(req, event).await;
         Ok(NoContentResult::Done)
     }
 
@@ -198,6 +203,13 @@ impl UsersApi {
         state.sessions.revoke_all(auth.user.id, None).await?;
         state.cookies.clear_session(req.cookie());
         tracing::info!(user_id = %auth.user.id, "account deleted");
+        let event = Event::new(
+            EventType::UserDeleted,
+            Some(auth.user.id),
+            Some(auth.session_id),
+        )
+        .detail(serde_json::json!({"by": "self"}));
+        state.audit.record(req, event).await;
         Ok(NoContentResult::Done)
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::{
     config::Argon2Settings,
     error::{ApiError, ErrorCode},
+    telemetry::metrics::Metrics,
 };
 
 /// Why a hash or a check did not happen.
@@ -51,6 +52,7 @@ pub struct PasswordService {
     permits: Arc<Semaphore>,
     /// How long a request may wait for a hashing slot before it gets 503 `busy`.
     queue_timeout: Duration,
+    metrics: Arc<Metrics>,
     /// A real hash of a random password, with the current parameters. Verifying an unknown
     /// email's password against it costs the same as a real check, so response timing does
     /// not reveal which emails have accounts.
@@ -62,6 +64,7 @@ impl PasswordService {
         settings: Argon2Settings,
         concurrency: usize,
         queue_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let params = Params::new(
             settings.memory_kib,
@@ -81,6 +84,7 @@ impl PasswordService {
             params,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             queue_timeout,
+            metrics,
             dummy_hash: Arc::new(dummy_hash),
         })
     }
@@ -91,10 +95,20 @@ impl PasswordService {
     /// disconnect) keeps its slot until the hash it started has really finished.
     async fn permit(&self) -> Result<OwnedSemaphorePermit, PasswordError> {
         let permits = Arc::clone(&self.permits);
-        match tokio::time::timeout(self.queue_timeout, permits.acquire_owned()).await {
+        let started = std::time::Instant::now();
+        self.metrics.hash_queue_depth.inc();
+        let acquired = tokio::time::timeout(self.queue_timeout, permits.acquire_owned()).await;
+        self.metrics.hash_queue_depth.dec();
+        self.metrics
+            .hash_wait
+            .observe(started.elapsed().as_secs_f64());
+        match acquired {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(closed)) => Err(anyhow::Error::from(closed).into()),
-            Err(_elapsed) => Err(PasswordError::Busy),
+            Err(_elapsed) => {
+                self.metrics.hash_rejected.inc();
+                Err(PasswordError::Busy)
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! The database: connecting, migrating, and the queries the API uses.
 
+pub mod audit;
 pub mod entities;
 pub mod users;
 

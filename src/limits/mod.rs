@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use crate::{
     error::{ApiError, ErrorCode},
     session::StoreError,
+    telemetry::metrics::Metrics,
 };
 
 /// `N` requests per `window_secs`, counted from the first request of a window.
@@ -163,6 +164,7 @@ impl Rule {
 pub struct Limiter {
     store: Arc<dyn LimitStore>,
     settings: Arc<LimitSettings>,
+    metrics: Arc<Metrics>,
 }
 
 fn now_ms() -> u64 {
@@ -175,10 +177,11 @@ fn ceil_secs(ms: u64) -> u64 {
 }
 
 impl Limiter {
-    pub fn new(store: Arc<dyn LimitStore>, settings: LimitSettings) -> Self {
+    pub fn new(store: Arc<dyn LimitStore>, settings: LimitSettings, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             settings: Arc::new(settings),
+            metrics,
         }
     }
 
@@ -201,15 +204,19 @@ impl Limiter {
             return Ok(());
         }
         let retry_after = ceil_secs(reset_ms);
+        self.metrics
+            .rate_limited
+            .with_label_values(&[rule.name()])
+            .inc();
         tracing::info!(rule = rule.name(), retry_after, "rate limited");
         Err(ApiError {
             retry_after: Some(retry_after),
-            rate_limit: Some(RateLimitInfo {
+            rate_limit: Some(Box::new(RateLimitInfo {
                 limit: rate.limit,
                 window_secs: rate.window_secs,
                 remaining: 0,
                 reset_secs: retry_after,
-            }),
+            })),
             ..ApiError::new(
                 ErrorCode::RateLimited,
                 "too many requests; retry after the number of seconds in Retry-After",
@@ -226,6 +233,10 @@ impl Limiter {
         {
             Some(wait_ms) if wait_ms > 0 => {
                 let retry_after = ceil_secs(wait_ms);
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["login-backoff"])
+                    .inc();
                 tracing::info!(retry_after, "login backoff");
                 Err(ApiError {
                     retry_after: Some(retry_after),

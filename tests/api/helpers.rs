@@ -108,6 +108,39 @@ pub fn captured_logs() -> String {
     String::from_utf8_lossy(&LOGS.lock().expect("log buffer")).into_owned()
 }
 
+/// How many bytes of logs have been captured so far.
+fn log_position() -> usize {
+    LOGS.lock().expect("log buffer").len()
+}
+
+/// What must never appear in a log line: a JWT (every token starts with the base64 of
+/// `{"typ":"JWT",...` or `{"alg":...`), an argon2 hash, or any password the tests use.
+const FORBIDDEN_IN_LOGS: &[&str] = &[
+    "eyJ0eXAi",
+    "eyJhbGci",
+    "$argon2",
+    "-Secret!",
+    "wrong password",
+    "brand new password",
+    "an admin password",
+    "correct horse",
+];
+
+/// Checks every log line written since `from` (the whole suite is covered: every test's
+/// server checks the lines written while it ran).
+pub fn assert_no_secrets_logged_since(from: usize) {
+    let logs = LOGS.lock().expect("log buffer");
+    let text = String::from_utf8_lossy(&logs[from.min(logs.len())..]);
+    for line in text.lines() {
+        for forbidden in FORBIDDEN_IN_LOGS {
+            assert!(
+                !line.contains(forbidden),
+                "a log line contains {forbidden:?}: {line}"
+            );
+        }
+    }
+}
+
 fn postgres_admin_url() -> String {
     std::env::var("LATCHKEY_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
@@ -233,12 +266,16 @@ impl Drop for Provisioned {
     }
 }
 
+/// The `User-Agent` of the test client.
+pub const TEST_USER_AGENT: &str = "latchkey-tests/1.0";
+
 /// A running server and a client for it.
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub state: AppState,
     settings: Settings,
+    log_start: usize,
     shutdown: Option<oneshot::Sender<()>>,
     // Declared last: dropped after the server has been told to stop.
     _provisioned: Provisioned,
@@ -248,6 +285,9 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if !std::thread::panicking() {
+            assert_no_secrets_logged_since(self.log_start);
         }
     }
 }
@@ -267,6 +307,7 @@ impl TestApp {
     }
 
     async fn start(settings: Settings, provisioned: Provisioned) -> Self {
+        let log_start = log_position();
         let app = Application::build(settings.clone())
             .await
             .expect("the test application builds");
@@ -280,10 +321,12 @@ impl TestApp {
             address,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .user_agent(TEST_USER_AGENT)
                 .build()
                 .expect("http client"),
             state,
             settings,
+            log_start,
             shutdown: Some(tx),
             _provisioned: provisioned,
         }

@@ -11,6 +11,7 @@ mod cookies;
 mod health_and_docs;
 mod lifecycle;
 mod malformed;
+mod observability;
 mod secrets;
 mod session_store;
 mod sessions;

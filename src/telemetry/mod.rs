@@ -15,3 +15,6 @@ pub fn init(format: LogFormat) {
     // A second init (tests) keeps the first subscriber.
     let _ = result;
 }
+
+pub mod metrics;
+pub mod request_id;

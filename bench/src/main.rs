@@ -1,0 +1,879 @@
+//! Latchkey's load benchmark. See bench/README.md for the command and the figures.
+//!
+//! It starts the release `latchkey` binary itself (optionally pinned with `taskset`), prepares
+//! users and sessions over HTTP, then runs each scenario for a fixed duration and concurrency
+//! and prints one JSON line per scenario. In the same run it measures the bare rates of the
+//! same work without HTTP, through the library: RS256 verify and sign, the guard pipeline
+//! (verify + session lookup + user load, through the same kind of pools), the rotation step and
+//! argon2 verify.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use latchkey::{
+    config::{KeyPaths, KeySource, Settings},
+    session::{NewSession, Rotation},
+    startup::Application,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// SQLite file + in-process session store.
+    Embedded,
+    /// PostgreSQL + Redis (BENCH_DATABASE_URL, BENCH_REDIS_URL).
+    Postgres,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Latchkey load benchmark")]
+struct Args {
+    #[arg(long, value_enum, default_value = "postgres")]
+    backend: Backend,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Concurrent connections per scenario.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Distinct users for `GET /users/me`.
+    #[arg(long, default_value_t = 256)]
+    users: usize,
+    /// The latchkey binary to start.
+    #[arg(long, default_value = "target/release/latchkey")]
+    server: PathBuf,
+    /// Pin the server to these CPUs with taskset (e.g. 0); empty: no pinning.
+    #[arg(long, default_value = "0")]
+    server_cpus: String,
+    /// Scenarios to run (comma-separated): health,me,refresh,login,register,me_under_login_flood.
+    #[arg(
+        long,
+        default_value = "health,me,refresh,login,register,me_under_login_flood"
+    )]
+    scenarios: String,
+    /// Also measure the bare rates without HTTP.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    bare: bool,
+    /// Instead of the scenarios: mixed traffic for this many seconds, sampling the server's
+    /// resident memory every 10 s.
+    #[arg(long)]
+    soak: Option<u64>,
+}
+
+fn database_url() -> String {
+    std::env::var("BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The server under test, and what it needs removed afterwards.
+struct Server {
+    child: Child,
+    base: String,
+    dir: tempfile::TempDir,
+    database: Option<String>,
+    env: HashMap<String, String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start_server(args: &Args) -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let mut env: HashMap<String, String> = [
+        ("APP_ENV", "development".to_owned()),
+        ("PORT", port.to_string()),
+        ("KEYS_DIR", dir.path().join("keys").display().to_string()),
+        ("LOG_FORMAT", "text".into()),
+        ("RUST_LOG", "warn".into()),
+        // The benchmark measures throughput, not the abuse limits.
+        ("RATE_LIMIT_LOGIN_PER_IP", "100000000/60".into()),
+        ("RATE_LIMIT_LOGIN_PER_ACCOUNT", "100000000/60".into()),
+        ("RATE_LIMIT_REGISTER_PER_IP", "100000000/60".into()),
+        ("RATE_LIMIT_REFRESH_PER_IP", "100000000/60".into()),
+        ("PASSWORD_HASH_QUEUE_TIMEOUT_MS", "30000".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if let Ok(n) = std::env::var("BENCH_HASH_CONCURRENCY") {
+        env.insert("PASSWORD_HASH_CONCURRENCY".into(), n);
+    }
+    let mut database = None;
+    match args.backend {
+        Backend::Embedded => {
+            env.insert(
+                "DATABASE_URL".into(),
+                format!("sqlite://{}/bench.db?mode=rwc", dir.path().display()),
+            );
+        }
+        Backend::Postgres => {
+            let name = format!("latchkey_bench_{}", Uuid::new_v4().simple());
+            run_sql(&format!("CREATE DATABASE {name}")).await?;
+            let base = database_url();
+            let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(&base);
+            env.insert("DATABASE_URL".into(), format!("{base}/{name}"));
+            env.insert("REDIS_URL".into(), redis_url());
+            env.insert(
+                "REDIS_KEY_PREFIX".into(),
+                format!("latchkey-bench:{}:", Uuid::new_v4().simple()),
+            );
+            database = Some(name);
+        }
+    }
+    let mut command = if args.server_cpus.is_empty() {
+        Command::new(&args.server)
+    } else {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(&args.server_cpus).arg(&args.server);
+        c
+    };
+    let child = command
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(&env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", args.server.display()))?;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client
+            .get(format!("{base}/health/live"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(Server {
+                child,
+                base,
+                dir,
+                database,
+                env,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the server did not become ready")
+}
+
+async fn run_sql(sql: &str) -> anyhow::Result<()> {
+    use sea_orm::ConnectionTrait;
+    let admin = latchkey::db::connect(&database_url()).await?;
+    admin.execute_unprepared(sql).await?;
+    admin.close().await?;
+    Ok(())
+}
+
+/// Latencies of one scenario.
+#[derive(Default)]
+struct Recorder {
+    micros: Vec<u32>,
+    errors: u64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn report(
+    scenario: &str,
+    args: &Args,
+    concurrency: usize,
+    elapsed: Duration,
+    mut rec: Recorder,
+) -> Value {
+    rec.micros.sort_unstable();
+    let n = rec.micros.len();
+    let line = json!({
+        "scenario": scenario,
+        "backend": format!("{:?}", args.backend).to_lowercase(),
+        "concurrency": concurrency,
+        "duration_s": elapsed.as_secs_f64(),
+        "requests": n,
+        "rps": (n as f64 / elapsed.as_secs_f64()).round(),
+        "p50_us": percentile(&rec.micros, 50.0),
+        "p90_us": percentile(&rec.micros, 90.0),
+        "p99_us": percentile(&rec.micros, 99.0),
+        "p99_9_us": percentile(&rec.micros, 99.9),
+        "errors": rec.errors,
+    });
+    println!("{line}");
+    line
+}
+
+/// Runs `workers` loops of `step` until `duration` passes; each loop owns its state.
+async fn drive<S, F, Fut>(duration: Duration, states: Vec<S>, step: F) -> (Duration, Recorder)
+where
+    S: Send + 'static,
+    F: Fn(S) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = (S, bool)> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for state in states {
+        let stop = stop.clone();
+        let step = step.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rec = Recorder::default();
+            let mut state = state;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let (next, ok) = step(state).await;
+                state = next;
+                if ok {
+                    rec.micros
+                        .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                } else {
+                    rec.errors += 1;
+                }
+            }
+            rec
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Recorder::default();
+    for task in tasks {
+        if let Ok(rec) = task.await {
+            total.micros.extend(rec.micros);
+            total.errors += rec.errors;
+        }
+    }
+    (started.elapsed(), total)
+}
+
+fn client(concurrency: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("http client")
+}
+
+const PASSWORD: &str = "benchmark password";
+
+async fn register(client: &reqwest::Client, base: &str, email: &str) -> bool {
+    client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"name": "Bench", "email": email, "password": PASSWORD, "password_confirm": PASSWORD}))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().as_u16() == 201)
+}
+
+async fn login(client: &reqwest::Client, base: &str, email: &str) -> Option<(String, String)> {
+    let response = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .ok()?;
+    if response.status().as_u16() != 200 {
+        return None;
+    }
+    let body: Value = response.json().await.ok()?;
+    Some((
+        body["access_token"].as_str()?.to_owned(),
+        body["refresh_token"].as_str()?.to_owned(),
+    ))
+}
+
+/// Registers `n` users (concurrently) and returns their emails.
+async fn prepare_users(
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+    tag: &str,
+) -> anyhow::Result<Vec<String>> {
+    let emails: Vec<String> = (0..n).map(|i| format!("{tag}-{i}@bench.example")).collect();
+    let mut tasks = Vec::new();
+    for chunk in emails.chunks(n.div_ceil(16).max(1)) {
+        let client = client.clone();
+        let base = base.to_owned();
+        let chunk = chunk.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for email in chunk {
+                if !register(&client, &base, &email).await {
+                    return false;
+                }
+            }
+            true
+        }));
+    }
+    for task in tasks {
+        if !task.await? {
+            bail!("registering benchmark users failed");
+        }
+    }
+    Ok(emails)
+}
+
+async fn login_all(
+    client: &reqwest::Client,
+    base: &str,
+    emails: &[String],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for email in emails {
+        out.push(
+            login(client, base, email)
+                .await
+                .context("login while preparing")?,
+        );
+    }
+    Ok(out)
+}
+
+async fn scenario(name: &str, args: &Args, server: &Server) -> anyhow::Result<Value> {
+    let base = server.base.clone();
+    let c = args.concurrency;
+    let http = client(c);
+    let duration = Duration::from_secs(args.duration);
+    let result = match name {
+        "health" => {
+            let states = vec![(); c];
+            let (elapsed, rec) = drive(duration, states, {
+                let http = http.clone();
+                let url = format!("{base}/health/live");
+                move |()| {
+                    let http = http.clone();
+                    let url = url.clone();
+                    async move {
+                        (
+                            (),
+                            http.get(&url)
+                                .send()
+                                .await
+                                .is_ok_and(|r| r.status().is_success()),
+                        )
+                    }
+                }
+            })
+            .await;
+            report(name, args, c, elapsed, rec)
+        }
+        "me" => {
+            let emails = prepare_users(&http, &base, args.users, "me").await?;
+            let tokens = login_all(&http, &base, &emails).await?;
+            let tokens: Arc<Vec<String>> = Arc::new(tokens.into_iter().map(|(a, _)| a).collect());
+            let states: Vec<usize> = (0..c).collect();
+            let (elapsed, rec) = drive(
+                duration,
+                states,
+                me_step(http.clone(), base.clone(), tokens, c),
+            )
+            .await;
+            report(name, args, c, elapsed, rec)
+        }
+        "refresh" => {
+            let emails = prepare_users(&http, &base, c, "refresh").await?;
+            let chains: Vec<String> = login_all(&http, &base, &emails)
+                .await?
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect();
+            let url = format!("{base}/api/v1/auth/refresh");
+            let (elapsed, rec) = drive(duration, chains, {
+                let http = http.clone();
+                move |token: String| {
+                    let http = http.clone();
+                    let url = url.clone();
+                    async move {
+                        // Each worker always sends its newest refresh token.
+                        let response = http
+                            .post(&url)
+                            .json(&json!({"refresh_token": token}))
+                            .send()
+                            .await;
+                        match response {
+                            Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                                Ok(body) => match body["refresh_token"].as_str() {
+                                    Some(next) => (next.to_owned(), true),
+                                    None => (token, false),
+                                },
+                                Err(_) => (token, false),
+                            },
+                            _ => (token, false),
+                        }
+                    }
+                }
+            })
+            .await;
+            report(name, args, c, elapsed, rec)
+        }
+        "login" => {
+            let emails = Arc::new(prepare_users(&http, &base, c, "login").await?);
+            let states: Vec<usize> = (0..c).collect();
+            let (elapsed, rec) = drive(
+                duration,
+                states,
+                login_step(http.clone(), base.clone(), emails),
+            )
+            .await;
+            report(name, args, c, elapsed, rec)
+        }
+        "register" => {
+            let counter = Arc::new(AtomicU64::new(0));
+            let run = Uuid::new_v4().simple().to_string();
+            let states = vec![(); c];
+            let (elapsed, rec) = drive(duration, states, {
+                let http = http.clone();
+                move |()| {
+                    let http = http.clone();
+                    let base = base.clone();
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let email = format!("reg-{run}-{n}@bench.example");
+                    async move { ((), register(&http, &base, &email).await) }
+                }
+            })
+            .await;
+            report(name, args, c, elapsed, rec)
+        }
+        "me_under_login_flood" => {
+            // A few clients read /users/me while `concurrency` clients flood login.
+            let emails = prepare_users(&http, &base, 64, "flood-me").await?;
+            let tokens = login_all(&http, &base, &emails).await?;
+            let tokens: Arc<Vec<String>> = Arc::new(tokens.into_iter().map(|(a, _)| a).collect());
+            let flood_emails = Arc::new(prepare_users(&http, &base, c, "flood").await?);
+            let flood = tokio::spawn(drive(
+                duration,
+                (0..c).collect(),
+                login_step(client(c), base.clone(), flood_emails),
+            ));
+            let readers = 4;
+            let (elapsed, rec) = drive(
+                duration,
+                (0..readers).collect(),
+                me_step(http.clone(), base.clone(), tokens, readers),
+            )
+            .await;
+            let (flood_elapsed, flood_rec) = flood.await?;
+            report("login_flood", args, c, flood_elapsed, flood_rec);
+            report(name, args, readers, elapsed, rec)
+        }
+        other => bail!("unknown scenario {other}"),
+    };
+    Ok(result)
+}
+
+fn me_step(
+    http: reqwest::Client,
+    base: String,
+    tokens: Arc<Vec<String>>,
+    stride: usize,
+) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = (usize, bool)> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    let url = format!("{base}/api/v1/users/me");
+    move |i: usize| {
+        let http = http.clone();
+        let url = url.clone();
+        let token = tokens[i % tokens.len()].clone();
+        Box::pin(async move {
+            let ok = http
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            (i + stride, ok)
+        })
+    }
+}
+
+fn login_step(
+    http: reqwest::Client,
+    base: String,
+    emails: Arc<Vec<String>>,
+) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = (usize, bool)> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |i: usize| {
+        let http = http.clone();
+        let base = base.clone();
+        let email = emails[i % emails.len()].clone();
+        Box::pin(async move { (i, login(&http, &base, &email).await.is_some()) })
+    }
+}
+
+/// Counts how many times `op` completes in `duration` on `threads` concurrent tasks.
+async fn rate<F, Fut>(name: &str, threads: usize, duration: Duration, op: F) -> Value
+where
+    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let (elapsed, rec) = drive(duration, vec![(); threads], move |()| {
+        let op = op.clone();
+        async move { ((), op().await) }
+    })
+    .await;
+    let n = rec.micros.len();
+    let line = json!({
+        "bare": name,
+        "concurrency": threads,
+        "ops": n,
+        "ops_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
+        "errors": rec.errors,
+    });
+    println!("{line}");
+    line
+}
+
+/// The same work without HTTP, through the library, against the same backends.
+async fn bare_rates(args: &Args, server: &Server) -> anyhow::Result<Vec<Value>> {
+    let mut vars = server.env.clone();
+    vars.insert("PORT".into(), "0".into());
+    let mut settings = Settings::from_vars(&vars)?;
+    settings.keys = KeySource::Files(KeyPaths::in_dir(server.dir.path().join("keys")));
+    if args.backend == Backend::Postgres {
+        settings.redis_key_prefix = format!("latchkey-bench-bare:{}:", Uuid::new_v4().simple());
+    }
+    let app = Application::build(settings).await?;
+    let state = app.state().clone();
+    let duration = Duration::from_secs(args.duration.clamp(2, 5));
+    let mut out = Vec::new();
+
+    // A real user with a live session, as the guard sees it.
+    let email = format!("bare-{}@bench.example", Uuid::new_v4().simple());
+    let hash = state.passwords.hash(PASSWORD.to_owned().into()).await?;
+    let user = latchkey::db::users::insert(
+        &state.db,
+        latchkey::db::users::NewUser {
+            name: "Bare".into(),
+            email,
+            password_hash: hash.clone(),
+            role: latchkey::db::entities::user::Role::User,
+        },
+    )
+    .await?;
+    let sid = Uuid::new_v4();
+    let pair = state.tokens.issue_pair(user.id, "user", sid).await?;
+    state
+        .sessions
+        .create(NewSession {
+            id: sid,
+            user_id: user.id,
+            user_agent: None,
+            ip: None,
+            created_at: pair.access.iat,
+            access_jti: pair.access.jti,
+            access_exp: pair.access.exp,
+            refresh_jti: pair.refresh.jti,
+            refresh_exp: pair.refresh.exp,
+        })
+        .await?;
+    let access = Arc::new(pair.access_token.clone());
+
+    out.push(
+        rate("rs256_verify", 1, duration, {
+            let state = state.clone();
+            let access = access.clone();
+            move || {
+                let ok = state.tokens.verify_access(&access).is_ok();
+                async move { ok }
+            }
+        })
+        .await,
+    );
+    out.push(
+        rate("sign_pair_2_tokens", 1, duration, {
+            let state = state.clone();
+            move || {
+                let state = state.clone();
+                async move {
+                    state
+                        .tokens
+                        .issue_pair(Uuid::new_v4(), "user", Uuid::new_v4())
+                        .await
+                        .is_ok()
+                }
+            }
+        })
+        .await,
+    );
+    out.push(
+        rate("guard_pipeline", args.concurrency, duration, {
+            let state = state.clone();
+            let access = access.clone();
+            move || {
+                let state = state.clone();
+                let access = access.clone();
+                async move {
+                    let req = poem::Request::builder()
+                        .header("Authorization", format!("Bearer {access}"))
+                        .finish();
+                    latchkey::auth::guard::authenticate(&state, &req)
+                        .await
+                        .is_ok()
+                }
+            }
+        })
+        .await,
+    );
+    // The rotation step alone: one session per task, each rotating its own chain.
+    let chains: Vec<Arc<std::sync::Mutex<(Uuid, Uuid)>>> = {
+        let mut v = Vec::new();
+        for _ in 0..args.concurrency {
+            let sid = Uuid::new_v4();
+            let rj = Uuid::new_v4();
+            let now = chrono::Utc::now().timestamp();
+            state
+                .sessions
+                .create(NewSession {
+                    id: sid,
+                    user_id: user.id,
+                    user_agent: None,
+                    ip: None,
+                    created_at: now,
+                    access_jti: Uuid::new_v4(),
+                    access_exp: now + 900,
+                    refresh_jti: rj,
+                    refresh_exp: now + 3600,
+                })
+                .await?;
+            v.push(Arc::new(std::sync::Mutex::new((sid, rj))));
+        }
+        v
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    out.push(
+        rate("rotation_step", args.concurrency, duration, {
+            let state = state.clone();
+            let user_id = user.id;
+            move || {
+                let state = state.clone();
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize % chains.len();
+                let chain = chains[i].clone();
+                async move {
+                    let (sid, current) = match chain.lock() {
+                        Ok(g) => *g,
+                        Err(_) => return false,
+                    };
+                    let now = chrono::Utc::now().timestamp();
+                    let new_refresh = Uuid::new_v4();
+                    let outcome = state
+                        .sessions
+                        .rotate(Rotation {
+                            user_id,
+                            session_id: sid,
+                            presented_refresh_jti: current,
+                            new_access_jti: Uuid::new_v4(),
+                            new_access_exp: now + 900,
+                            new_refresh_jti: new_refresh,
+                            new_refresh_exp: now + 3600,
+                            now,
+                            grace_secs: 0,
+                            grace_payload: String::new(),
+                        })
+                        .await;
+                    match outcome {
+                        Ok(latchkey::session::RotateOutcome::Rotated) => {
+                            if let Ok(mut g) = chain.lock() {
+                                g.1 = new_refresh;
+                            }
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+            }
+        })
+        .await,
+    );
+    out.push(
+        rate("argon2_verify_single_thread", 1, duration, {
+            let state = state.clone();
+            let hash = hash.clone();
+            move || {
+                let state = state.clone();
+                let hash = hash.clone();
+                async move {
+                    state
+                        .passwords
+                        .verify(PASSWORD.to_owned().into(), Some(hash))
+                        .await
+                        .unwrap_or(false)
+                }
+            }
+        })
+        .await,
+    );
+    Ok(out)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Mixed traffic (me, refresh, login, register) for `seconds`, sampling the server's RSS.
+async fn soak(args: &Args, server: &Server, seconds: u64) -> anyhow::Result<()> {
+    let pid = server.child.id();
+    let http = client(args.concurrency);
+    let base = server.base.clone();
+    let emails = prepare_users(&http, &base, 128, "soak").await?;
+    let tokens = login_all(&http, &base, &emails).await?;
+    let access: Arc<Vec<String>> = Arc::new(tokens.iter().map(|(a, _)| a.clone()).collect());
+    let total = Duration::from_secs(seconds);
+    let me = tokio::spawn(drive(
+        total,
+        (0..8).collect(),
+        me_step(http.clone(), base.clone(), access, 8),
+    ));
+    let logins = tokio::spawn(drive(
+        total,
+        (0..4).collect(),
+        login_step(http.clone(), base.clone(), Arc::new(emails)),
+    ));
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < total {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        if let Some(kib) = rss_kib(pid) {
+            println!(
+                "{}",
+                json!({"soak_s": started.elapsed().as_secs(), "rss_kib": kib})
+            );
+            samples.push(kib);
+        }
+    }
+    let (_, me_rec) = me.await?;
+    let (_, login_rec) = logins.await?;
+    let after_warmup = samples.get(samples.len() / 5..).unwrap_or(&samples);
+    let (min, max) = (
+        after_warmup.iter().min().copied().unwrap_or(0),
+        after_warmup.iter().max().copied().unwrap_or(0),
+    );
+    println!(
+        "{}",
+        json!({
+            "soak_summary_s": seconds,
+            "rss_first_kib": samples.first(),
+            "rss_last_kib": samples.last(),
+            "rss_min_after_warmup_kib": min,
+            "rss_max_after_warmup_kib": max,
+            "spread_pct": if min > 0 { ((max - min) as f64 * 100.0 / min as f64 * 10.0).round() / 10.0 } else { 0.0 },
+            "me_requests": me_rec.micros.len(),
+            "login_requests": login_rec.micros.len(),
+            "errors": me_rec.errors + login_rec.errors,
+        })
+    );
+    Ok(())
+}
+
+/// What one session costs the in-process store, measured on this process's RSS.
+async fn memory_store_cost() -> anyhow::Result<Value> {
+    use latchkey::session::{SessionStore, memory::MemoryStore};
+    let store = MemoryStore::new();
+    let n = 200_000u64;
+    let before = rss_kib(std::process::id()).unwrap_or(0);
+    let now = chrono::Utc::now().timestamp();
+    for _ in 0..n {
+        store
+            .create(NewSession {
+                id: Uuid::new_v4(),
+                user_id: Uuid::new_v4(),
+                user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Bench/1.0".into()),
+                ip: Some("203.0.113.7".into()),
+                created_at: now,
+                access_jti: Uuid::new_v4(),
+                access_exp: now + 900,
+                refresh_jti: Uuid::new_v4(),
+                refresh_exp: now + 3600,
+            })
+            .await?;
+    }
+    let after = rss_kib(std::process::id()).unwrap_or(0);
+    let line = json!({
+        "memory_store_sessions": n,
+        "rss_delta_kib": after.saturating_sub(before),
+        "bytes_per_session": (after.saturating_sub(before) * 1024) / n,
+    });
+    println!("{line}");
+    drop(store);
+    Ok(line)
+}
+
+async fn cleanup(server: Server) {
+    let database = server.database.clone();
+    drop(server);
+    if let Some(name) = database {
+        let _ = run_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !args.server.exists() {
+        bail!(
+            "{} does not exist: build it first with `cargo build --release --bin latchkey`",
+            args.server.display()
+        );
+    }
+    let server = start_server(&args).await?;
+    let result = async {
+        if let Some(seconds) = args.soak {
+            soak(&args, &server, seconds).await?;
+            memory_store_cost().await?;
+            return Ok(());
+        }
+        for name in args
+            .scenarios
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            scenario(name, &args, &server).await?;
+        }
+        if args.bare {
+            bare_rates(&args, &server).await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    cleanup(server).await;
+    result
+}
