@@ -13,7 +13,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -164,7 +164,11 @@ async fn start_server(args: &Args) -> anyhow::Result<Server> {
         .with_context(|| format!("starting {}", args.server.display()))?;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
+    let mut child = child;
     for _ in 0..200 {
+        if let Some(status) = child.try_wait()? {
+            bail!("the server exited during startup: {status}");
+        }
         if client
             .get(format!("{base}/health/live"))
             .send()
@@ -240,16 +244,17 @@ where
     F: Fn(S) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = (S, bool)> + Send,
 {
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    let deadline = started + duration;
     let mut tasks = Vec::new();
     for state in states {
-        let stop = stop.clone();
         let step = step.clone();
         tasks.push(tokio::spawn(async move {
             let mut rec = Recorder::default();
             let mut state = state;
-            while !stop.load(Ordering::Relaxed) {
+            // Each worker watches the clock itself: a synchronous operation (a bare verify)
+            // would keep a single runtime thread too busy for a timer elsewhere to stop it.
+            while Instant::now() < deadline {
                 let t = Instant::now();
                 let (next, ok) = step(state).await;
                 state = next;
@@ -263,8 +268,6 @@ where
             rec
         }));
     }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
     let mut total = Recorder::default();
     for task in tasks {
         if let Ok(rec) = task.await {
@@ -564,8 +567,10 @@ async fn bare_rates(args: &Args, server: &Server) -> anyhow::Result<Vec<Value>> 
     if args.backend == Backend::Postgres {
         settings.redis_key_prefix = format!("latchkey-bench-bare:{}:", Uuid::new_v4().simple());
     }
+    eprintln!("bench: building the in-process application for the bare rates");
     let app = Application::build(settings).await?;
     let state = app.state().clone();
+    eprintln!("bench: measuring bare rates");
     let duration = Duration::from_secs(args.duration.clamp(2, 5));
     let mut out = Vec::new();
 
@@ -647,75 +652,67 @@ async fn bare_rates(args: &Args, server: &Server) -> anyhow::Result<Vec<Value>> 
         .await,
     );
     // The rotation step alone: one session per task, each rotating its own chain.
-    let chains: Vec<Arc<std::sync::Mutex<(Uuid, Uuid)>>> = {
-        let mut v = Vec::new();
-        for _ in 0..args.concurrency {
-            let sid = Uuid::new_v4();
-            let rj = Uuid::new_v4();
-            let now = chrono::Utc::now().timestamp();
-            state
-                .sessions
-                .create(NewSession {
-                    id: sid,
-                    user_id: user.id,
-                    user_agent: None,
-                    ip: None,
-                    created_at: now,
-                    access_jti: Uuid::new_v4(),
-                    access_exp: now + 900,
-                    refresh_jti: rj,
-                    refresh_exp: now + 3600,
-                })
-                .await?;
-            v.push(Arc::new(std::sync::Mutex::new((sid, rj))));
-        }
-        v
-    };
-    let next = Arc::new(AtomicU64::new(0));
-    out.push(
-        rate("rotation_step", args.concurrency, duration, {
+    let mut chains = Vec::new();
+    for _ in 0..args.concurrency {
+        let (sid, refresh_jti) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = chrono::Utc::now().timestamp();
+        state
+            .sessions
+            .create(NewSession {
+                id: sid,
+                user_id: user.id,
+                user_agent: None,
+                ip: None,
+                created_at: now,
+                access_jti: Uuid::new_v4(),
+                access_exp: now + 900,
+                refresh_jti,
+                refresh_exp: now + 3600,
+            })
+            .await?;
+        chains.push((sid, refresh_jti));
+    }
+    let (elapsed, rec) = drive(duration, chains, {
+        let state = state.clone();
+        let user_id = user.id;
+        move |(sid, current): (Uuid, Uuid)| {
             let state = state.clone();
-            let user_id = user.id;
-            move || {
-                let state = state.clone();
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize % chains.len();
-                let chain = chains[i].clone();
-                async move {
-                    let (sid, current) = match chain.lock() {
-                        Ok(g) => *g,
-                        Err(_) => return false,
-                    };
-                    let now = chrono::Utc::now().timestamp();
-                    let new_refresh = Uuid::new_v4();
-                    let outcome = state
-                        .sessions
-                        .rotate(Rotation {
-                            user_id,
-                            session_id: sid,
-                            presented_refresh_jti: current,
-                            new_access_jti: Uuid::new_v4(),
-                            new_access_exp: now + 900,
-                            new_refresh_jti: new_refresh,
-                            new_refresh_exp: now + 3600,
-                            now,
-                            grace_secs: 0,
-                            grace_payload: String::new(),
-                        })
-                        .await;
-                    match outcome {
-                        Ok(latchkey::session::RotateOutcome::Rotated) => {
-                            if let Ok(mut g) = chain.lock() {
-                                g.1 = new_refresh;
-                            }
-                            true
-                        }
-                        _ => false,
-                    }
+            async move {
+                let now = chrono::Utc::now().timestamp();
+                let next = Uuid::new_v4();
+                let outcome = state
+                    .sessions
+                    .rotate(Rotation {
+                        user_id,
+                        session_id: sid,
+                        presented_refresh_jti: current,
+                        new_access_jti: Uuid::new_v4(),
+                        new_access_exp: now + 900,
+                        new_refresh_jti: next,
+                        new_refresh_exp: now + 3600,
+                        now,
+                        grace_secs: 10,
+                        grace_payload: "{}".into(),
+                    })
+                    .await;
+                match outcome {
+                    Ok(latchkey::session::RotateOutcome::Rotated) => ((sid, next), true),
+                    _ => ((sid, current), false),
                 }
             }
-        })
-        .await,
-    );
+        }
+    })
+    .await;
+    let n = rec.micros.len();
+    let line = json!({
+        "bare": "rotation_step",
+        "concurrency": args.concurrency,
+        "ops": n,
+        "ops_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
+        "errors": rec.errors,
+    });
+    println!("{line}");
+    out.push(line);
     out.push(
         rate("argon2_verify_single_thread", 1, duration, {
             let state = state.clone();
@@ -846,13 +843,15 @@ async fn cleanup(server: Server) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if !args.server.exists() {
         bail!(
             "{} does not exist: build it first with `cargo build --release --bin latchkey`",
             args.server.display()
         );
     }
+    // The server runs in a temporary working directory.
+    args.server = args.server.canonicalize()?;
     let server = start_server(&args).await?;
     let result = async {
         if let Some(seconds) = args.soak {
