@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod cookies;
 mod health_and_docs;
+mod keys;
 mod lifecycle;
 mod malformed;
 mod secrets;
