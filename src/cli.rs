@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use crate::{
     api::validate::Validator,
     auth::{keys, password::PasswordService},
-    config::Settings,
+    config::{KeyPaths, Settings},
     db::{self, entities::user::Role},
     startup::Application,
 };
@@ -60,6 +60,46 @@ pub enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Add a new key pair of one kind: published in the JWKS at once, signing only after
+    /// `--delay` seconds. The key it replaces keeps verifying until its tokens have expired.
+    Rotate {
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        #[arg(long, default_value = "keys")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = keys::DEFAULT_BITS)]
+        bits: usize,
+        /// Seconds before the new key signs. Default: JWKS_MAX_AGE + 60, so every verifier's
+        /// cached JWKS holds the new key before any token signed with it exists.
+        #[arg(long)]
+        delay: Option<u64>,
+    },
+    /// Show every key with its state (pending, signing, retiring, expired) and times.
+    List {
+        #[arg(long, default_value = "keys")]
+        dir: PathBuf,
+    },
+    /// Delete the keys whose tokens have all expired (state `expired`).
+    Prune {
+        #[arg(long, default_value = "keys")]
+        dir: PathBuf,
+    },
+}
+
+/// Which kind of key to rotate.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KindArg {
+    Access,
+    Refresh,
+}
+
+impl From<KindArg> for keys::KeyKind {
+    fn from(kind: KindArg) -> Self {
+        match kind {
+            KindArg::Access => keys::KeyKind::Access,
+            KindArg::Refresh => keys::KeyKind::Refresh,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -121,6 +161,71 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 paths.refresh_private.display(),
                 paths.refresh_public.display()
             );
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    kind,
+                    dir,
+                    bits,
+                    delay,
+                },
+        } => {
+            // Lifetimes, leeway and the JWKS max-age come from the service's own settings:
+            // run this with the same environment (or app.env) as the service.
+            let settings = Settings::from_env()?;
+            let kind = keys::KeyKind::from(kind);
+            let policy = keys::RotationPolicy {
+                delay_secs: i64::try_from(
+                    delay.unwrap_or(settings.jwks_max_age_secs.saturating_add(60)),
+                )
+                .map_err(|_| anyhow::anyhow!("--delay is too large"))?,
+                token_ttl_secs: match kind {
+                    keys::KeyKind::Access => settings.access_ttl_secs,
+                    keys::KeyKind::Refresh => settings.refresh_ttl_secs,
+                },
+                leeway_secs: i64::try_from(settings.leeway_secs)
+                    .map_err(|_| anyhow::anyhow!("JWT_LEEWAY is too large"))?,
+            };
+            let paths = KeyPaths::in_dir(&dir);
+            let entry = tokio::task::spawn_blocking(move || {
+                let pair = keys::generate_pair(bits)?;
+                keys::rotate(&paths, kind, &pair, &policy, chrono::Utc::now())
+            })
+            .await?
+            .map_err(anyhow::Error::msg)?;
+            println!(
+                "added {} key {} ({}, 0600): published now, signs from {}",
+                kind.as_str(),
+                entry.kid,
+                dir.join(&entry.private_key).display(),
+                entry.signs_from.to_rfc3339()
+            );
+        }
+        Command::Keys {
+            command: KeysCommand::List { dir },
+        } => {
+            let manifest = keys::Manifest::read_or_describe(&KeyPaths::in_dir(&dir))
+                .map_err(anyhow::Error::msg)?;
+            print!("{}", list_keys(&manifest, chrono::Utc::now()));
+        }
+        Command::Keys {
+            command: KeysCommand::Prune { dir },
+        } => {
+            let removed = keys::prune(&KeyPaths::in_dir(&dir), chrono::Utc::now())
+                .map_err(anyhow::Error::msg)?;
+            if removed.is_empty() {
+                println!("nothing to prune");
+            }
+            for entry in removed {
+                println!(
+                    "removed {} key {} ({}, {})",
+                    entry.kind.as_str(),
+                    entry.kid,
+                    entry.private_key,
+                    entry.public_key
+                );
+            }
         }
         Command::Migrate => {
             let settings = Settings::from_env()?;
@@ -200,4 +305,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The table `latchkey keys list` prints: one line per key.
+pub fn list_keys(manifest: &keys::Manifest, now: chrono::DateTime<chrono::Utc>) -> String {
+    let time = |t: chrono::DateTime<chrono::Utc>| {
+        if t == chrono::DateTime::UNIX_EPOCH {
+            "-".to_owned()
+        } else {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        }
+    };
+    let mut out = format!(
+        "{:<8} {:<44} {:<9} {:<20} {:<20} {:<20}\n",
+        "KIND", "KID", "STATE", "CREATED", "SIGNS FROM", "RETIRES AT"
+    );
+    for (i, entry) in manifest.keys.iter().enumerate() {
+        out.push_str(&format!(
+            "{:<8} {:<44} {:<9} {:<20} {:<20} {:<20}\n",
+            entry.kind.as_str(),
+            entry.kid,
+            manifest.state(i, now).as_str(),
+            time(entry.created_at),
+            time(entry.signs_from),
+            entry.retires_at.map_or_else(|| "-".to_owned(), time),
+        ));
+    }
+    out
 }

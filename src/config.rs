@@ -35,9 +35,13 @@ pub enum KeySource {
     Inline(InlineKeys),
 }
 
-/// Paths of the four PEM files.
+/// The key directory and the paths of the four PEM files of a single-key setup. When the
+/// directory holds a `manifest.json` (written by `latchkey keys rotate`), the manifest lists the
+/// keys instead and the four paths are not read.
 #[derive(Debug, Clone)]
 pub struct KeyPaths {
+    /// `KEYS_DIR`: where the manifest and rotated keys live.
+    pub dir: PathBuf,
     pub access_private: PathBuf,
     pub access_public: PathBuf,
     pub refresh_private: PathBuf,
@@ -49,6 +53,7 @@ impl KeyPaths {
     pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
         Self {
+            dir: dir.clone(),
             access_private: dir.join("access_private.pem"),
             access_public: dir.join("access_public.pem"),
             refresh_private: dir.join("refresh_private.pem"),
@@ -137,6 +142,8 @@ pub struct Settings {
     /// Longest time a request may take before 503.
     pub request_timeout_secs: u64,
     pub jwks_max_age_secs: u64,
+    /// How often a running instance re-reads its key directory (`KEYS_RELOAD_SECS`).
+    pub keys_reload_secs: u64,
     pub log_format: LogFormat,
 }
 
@@ -176,6 +183,7 @@ impl fmt::Debug for Settings {
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("redis_pool_size", &self.redis_pool_size)
             .field("jwks_max_age_secs", &self.jwks_max_age_secs)
+            .field("keys_reload_secs", &self.keys_reload_secs)
             .field("log_format", &self.log_format)
             .finish_non_exhaustive()
     }
@@ -214,6 +222,8 @@ impl ConfigError {
 /// Upper bounds on token lifetimes: beyond them a token is effectively permanent.
 pub const MAX_ACCESS_TTL_SECS: i64 = 24 * 3600;
 pub const MAX_REFRESH_TTL_SECS: i64 = 366 * 24 * 3600;
+/// Upper bound on the key directory reload interval (API.md section 2: within 60 s).
+pub const MAX_KEYS_RELOAD_SECS: u64 = 60;
 /// Upper bound on the refresh grace window.
 pub const MAX_REFRESH_GRACE_SECS: i64 = 60;
 
@@ -367,6 +377,7 @@ impl Settings {
             },
             request_timeout_secs: parse_or(&get, "REQUEST_TIMEOUT_SECS", 30)?,
             jwks_max_age_secs: parse_or(&get, "JWKS_MAX_AGE", 300)?,
+            keys_reload_secs: parse_or(&get, "KEYS_RELOAD_SECS", 30)?,
             log_format,
         };
         settings.validate()?;
@@ -456,6 +467,13 @@ impl Settings {
                 "LOGIN_BACKOFF_BASE_SECS must be at least 1 and at most LOGIN_BACKOFF_MAX_SECS"
                     .into(),
             ));
+        }
+        if !(1..=MAX_KEYS_RELOAD_SECS).contains(&self.keys_reload_secs) {
+            return Err(ConfigError(format!(
+                "KEYS_RELOAD_SECS={} must be between 1 and {MAX_KEYS_RELOAD_SECS} seconds (default \
+                 30): running instances must pick up a key rotation within a minute",
+                self.keys_reload_secs
+            )));
         }
         if self.redis_pool_size == 0 {
             return Err(ConfigError("REDIS_POOL_SIZE must be at least 1".into()));

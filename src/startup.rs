@@ -20,7 +20,7 @@ use crate::{
         password::PasswordService,
         tokens::{TokenService, TokenSettings},
     },
-    config::{ConfigError, Settings},
+    config::{ConfigError, KeySource, Settings},
     db,
     error::{self, ApiError, DependencyFailure, ErrorCode},
     limits::{LimitStore, Limiter, memory::MemoryLimits, redis::RedisLimits},
@@ -98,7 +98,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let limits = Limiter::new(limit_store, settings.limits.clone(), metrics.clone());
         let tokens = Arc::new(TokenService::new(
-            Arc::new(keys),
+            keys,
             TokenSettings {
                 issuer: settings.issuer.clone(),
                 audience: settings.audience.clone(),
@@ -183,17 +183,43 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests (at most 10 s).
+    /// While serving, a key directory is re-read every `KEYS_RELOAD_SECS`.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        Server::new_with_acceptor(self.acceptor)
+        let reloader = match &self.state.settings.keys {
+            KeySource::Files(_) => Some(tokio::spawn(reload_keys(self.state.clone()))),
+            // Keys from the environment cannot change while the process runs.
+            KeySource::Inline(_) => None,
+        };
+        let result = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 routes(self.state),
                 shutdown,
                 Some(std::time::Duration::from_secs(10)),
             )
-            .await
+            .await;
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
+        result
+    }
+}
+
+/// Re-reads the key directory every `KEYS_RELOAD_SECS`, so a `latchkey keys rotate` (or
+/// `prune`) reaches every running instance within that time, without a restart. A failed
+/// reload keeps the previous keys (see [`TokenService::reload`]).
+async fn reload_keys(state: AppState) {
+    let period = std::time::Duration::from_secs(state.settings.keys_reload_secs);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        state
+            .tokens
+            .reload(&state.settings.keys, state.settings.is_production())
+            .await;
     }
 }
 

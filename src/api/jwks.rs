@@ -4,7 +4,7 @@
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::ApiTags;
-use crate::state::AppState;
+use crate::{auth::keys::KeyKind, state::AppState};
 
 /// One RSA public key (RFC 7517).
 #[derive(Debug, Clone, Object)]
@@ -32,7 +32,10 @@ pub struct JwkSet {
 
 #[derive(ApiResponse)]
 pub enum JwksResult {
-    /// The keys that verify access tokens. Cache per `Cache-Control`; refetch on an unknown `kid`.
+    /// The keys that verify access tokens, chosen by the token's `kid`. During a key rotation
+    /// the set holds several keys: a new key is published here before it signs anything, and a
+    /// replaced key stays until every token it signed has expired. Cache the set per
+    /// `Cache-Control`; on an unknown `kid`, refetch (at most once every few seconds).
     #[oai(status = 200)]
     Ok(Json<JwkSet>, #[oai(header = "Cache-Control")] String),
 }
@@ -48,16 +51,26 @@ impl JwksApi {
         operation_id = "get_jwks"
     )]
     async fn jwks(&self, state: poem::web::Data<&AppState>) -> JwksResult {
-        let key = &state.tokens.keys().access.jwk;
+        // Every access key the service holds: the one signing now, a newer one that will sign
+        // after its publication delay (so verifiers know it first), and replaced ones whose
+        // tokens may still be valid.
+        let keys = state.tokens.keys();
         let set = JwkSet {
-            keys: vec![Jwk {
-                kty: "RSA".into(),
-                kid: key.kid.clone(),
-                use_: "sig".into(),
-                alg: "RS256".into(),
-                n: key.n.clone(),
-                e: key.e.clone(),
-            }],
+            keys: keys
+                .all(KeyKind::Access)
+                .iter()
+                .map(|managed| {
+                    let key = &managed.key.jwk;
+                    Jwk {
+                        kty: "RSA".into(),
+                        kid: key.kid.clone(),
+                        use_: "sig".into(),
+                        alg: "RS256".into(),
+                        n: key.n.clone(),
+                        e: key.e.clone(),
+                    }
+                })
+                .collect(),
         };
         JwksResult::Ok(
             Json(set),

@@ -4,14 +4,19 @@
 //! confusion) are rejected before any key is used, because the accepted algorithm list is fixed
 //! to RS256 rather than taken from the token header. Access and refresh tokens are signed by
 //! different key pairs *and* carry different `typ` values, so neither can stand in for the other.
+//!
+//! Several keys of each kind may exist during a rotation: signing uses the kind's current key,
+//! verification the key the token's `kid` names (an unknown `kid` never verifies). The key set
+//! is swapped as a whole when the key directory is reloaded ([`TokenService::reload`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use jsonwebtoken::{Algorithm, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::keys::{Keys, SigningKey};
+use super::keys::{KeyKind, Keys, SigningKey};
+use crate::config::KeySource;
 
 /// `typ` claim of refresh tokens. Access tokens carry none.
 pub const REFRESH_TYP: &str = "refresh";
@@ -82,15 +87,18 @@ pub struct TokenSettings {
     pub leeway_secs: u64,
 }
 
-/// Signs and verifies tokens with keys parsed once at startup.
+/// Signs and verifies tokens with keys parsed once per load of the key set.
 pub struct TokenService {
-    keys: Arc<Keys>,
+    /// The current key set. Readers clone the `Arc` under a momentary read lock and work on
+    /// that snapshot; a reload replaces the whole set at once, so a request never sees half of
+    /// a rotation.
+    keys: RwLock<Arc<Keys>>,
     settings: TokenSettings,
     validation: Validation,
 }
 
 impl TokenService {
-    pub fn new(keys: Arc<Keys>, settings: TokenSettings) -> Self {
+    pub fn new(keys: Keys, settings: TokenSettings) -> Self {
         // Pinned to RS256 whatever the header says: no `none`, no HMAC with a public key.
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_issuer(&[&settings.issuer]);
@@ -100,14 +108,61 @@ impl TokenService {
         validation.validate_nbf = true;
         validation.leeway = settings.leeway_secs;
         Self {
-            keys,
+            keys: RwLock::new(Arc::new(keys)),
             settings,
             validation,
         }
     }
 
-    pub fn keys(&self) -> &Keys {
-        &self.keys
+    /// A snapshot of the current key set.
+    pub fn keys(&self) -> Arc<Keys> {
+        // A poisoned lock only means a panic elsewhere while swapping an `Arc`: the value is
+        // whole either way.
+        Arc::clone(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the key set (after a reload of the key directory).
+    pub fn replace_keys(&self, keys: Keys) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
+
+    /// Re-reads the keys from `source`. A key set that fails to load (a missing, unreadable or
+    /// broken file, a bad manifest, a production refusal) is logged and the current set stays:
+    /// a bad edit of the key directory must not take the service down. Returns whether the set
+    /// changed.
+    pub async fn reload(&self, source: &KeySource, production: bool) -> bool {
+        let source = source.clone();
+        // Never generates keys: that happens only at first start.
+        let loaded =
+            tokio::task::spawn_blocking(move || Keys::load(&source, false, production)).await;
+        match loaded {
+            Ok(Ok(keys)) => {
+                if keys.same_as(&self.keys()) {
+                    return false;
+                }
+                let kids = |kind| {
+                    keys.all(kind)
+                        .iter()
+                        .map(|k| k.key.kid.clone())
+                        .collect::<Vec<_>>()
+                };
+                tracing::info!(
+                    access = ?kids(KeyKind::Access),
+                    refresh = ?kids(KeyKind::Refresh),
+                    "key set reloaded"
+                );
+                self.replace_keys(keys);
+                true
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "key reload failed: keeping the previous keys");
+                false
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "key reload failed: keeping the previous keys");
+                false
+            }
+        }
     }
 
     pub fn settings(&self) -> &TokenSettings {
@@ -162,8 +217,15 @@ impl TokenService {
     pub async fn sign_pair(self: &Arc<Self>, claims: PairClaims) -> anyhow::Result<IssuedPair> {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let access_token = sign(&this.keys.access, &claims.access)?;
-            let refresh_token = sign(&this.keys.refresh, &claims.refresh)?;
+            let keys = this.keys();
+            let access_key = keys
+                .signing_at(KeyKind::Access, claims.access.iat)
+                .ok_or_else(|| anyhow::anyhow!("no access key signs at {}", claims.access.iat))?;
+            let refresh_key = keys
+                .signing_at(KeyKind::Refresh, claims.refresh.iat)
+                .ok_or_else(|| anyhow::anyhow!("no refresh key signs at {}", claims.refresh.iat))?;
+            let access_token = sign(access_key, &claims.access)?;
+            let refresh_token = sign(refresh_key, &claims.refresh)?;
             Ok(IssuedPair {
                 access_token,
                 access: claims.access,
@@ -174,20 +236,20 @@ impl TokenService {
         .await?
     }
 
-    /// Verifies an access token: RS256 signature by the access key, `iss`, `aud`, `exp`, `nbf`,
-    /// and no refresh `typ`.
+    /// Verifies an access token: RS256 signature by the access key its `kid` names, `iss`,
+    /// `aud`, `exp`, `nbf`, and no refresh `typ`.
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        let claims: AccessClaims = self.verify(&self.keys.access, token)?;
+        let claims: AccessClaims = self.verify(KeyKind::Access, token)?;
         if claims.typ.is_some() {
             return Err(TokenError::Invalid);
         }
         Ok(claims)
     }
 
-    /// Verifies a refresh token: RS256 signature by the refresh key, the standard claims, and
-    /// `typ: "refresh"`.
+    /// Verifies a refresh token: RS256 signature by the refresh key its `kid` names, the
+    /// standard claims, and `typ: "refresh"`.
     pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenError> {
-        let claims: RefreshClaims = self.verify(&self.keys.refresh, token)?;
+        let claims: RefreshClaims = self.verify(KeyKind::Refresh, token)?;
         if claims.typ != REFRESH_TYP {
             return Err(TokenError::Invalid);
         }
@@ -196,14 +258,21 @@ impl TokenService {
 
     fn verify<T: serde::de::DeserializeOwned>(
         &self,
-        key: &SigningKey,
+        kind: KeyKind,
         token: &str,
     ) -> Result<T, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
-        // The key is chosen by `kid`; a token naming a key we do not hold never verifies.
-        if header.alg != Algorithm::RS256 || header.kid.as_deref() != Some(key.kid.as_str()) {
+        if header.alg != Algorithm::RS256 {
             return Err(TokenError::Invalid);
         }
+        // The key is chosen by `kid` among the keys of this kind only; a token without a `kid`,
+        // or naming a key we do not hold (or a key of the other kind), never verifies.
+        let keys = self.keys();
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| keys.find(kind, kid))
+            .ok_or(TokenError::Invalid)?;
         jsonwebtoken::decode::<T>(token, &key.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|err| match err.kind() {

@@ -214,3 +214,93 @@ fn openapi_command_prints_the_committed_spec() {
             .unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout), committed);
 }
+
+/// The README's key rotation runbook, command by command.
+#[test]
+fn keys_rotate_list_and_prune_follow_the_runbook() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let output = latchkey(dir.path(), args, env, "");
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    run(&["keys", "generate", "--dir", "keys"], &[]);
+    let old = latchkey::auth::keys::Manifest::read_or_describe(
+        &latchkey::config::KeyPaths::in_dir(dir.path().join("keys")),
+    )
+    .unwrap();
+    let old_access = old.keys[0].kid.clone();
+
+    // Default delay: JWKS_MAX_AGE (300) + 60 seconds before the new key signs.
+    let before = chrono::Utc::now().timestamp();
+    let out = run(
+        &["keys", "rotate", "--kind", "refresh", "--dir", "keys"],
+        &[],
+    );
+    assert!(out.contains("added refresh key"), "{out}");
+    let manifest = latchkey::auth::keys::Manifest::read(&dir.path().join("keys")).unwrap();
+    let new_refresh = manifest.keys.last().unwrap().clone();
+    let delay = new_refresh.signs_from.timestamp() - before;
+    assert!((359..=362).contains(&delay), "delay {delay}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("keys").join(&new_refresh.private_key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let list = run(&["keys", "list", "--dir", "keys"], &[]);
+    let line = |kid: &str| {
+        list.lines()
+            .find(|l| l.contains(kid))
+            .unwrap_or_else(|| panic!("{kid} in {list}"))
+            .to_owned()
+    };
+    assert!(line(&new_refresh.kid).contains("pending"), "{list}");
+    assert!(line(&old_access).contains("signing"), "{list}");
+
+    // An access rotation that takes over at once, with one-second tokens and no leeway: the
+    // old key retires a second later and prune removes it (and only it).
+    let short = [("ACCESS_TOKEN_TTL", "1"), ("JWT_LEEWAY", "0")];
+    run(
+        &[
+            "keys", "rotate", "--kind", "access", "--dir", "keys", "--delay", "0",
+        ],
+        &short,
+    );
+    let list = run(&["keys", "list", "--dir", "keys"], &[]);
+    assert!(
+        list.lines()
+            .find(|l| l.contains(&old_access))
+            .is_some_and(|l| l.contains("retiring") || l.contains("expired")),
+        "{list}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = run(&["keys", "prune", "--dir", "keys"], &[]);
+    assert!(
+        out.contains(&format!("removed access key {old_access}")),
+        "{out}"
+    );
+    assert!(!dir.path().join("keys/access_private.pem").exists());
+    let list = run(&["keys", "list", "--dir", "keys"], &[]);
+    assert!(!list.contains(&old_access), "{list}");
+    assert!(list.contains(&new_refresh.kid), "{list}");
+    let out = run(&["keys", "prune", "--dir", "keys"], &[]);
+    assert!(out.contains("nothing to prune"), "{out}");
+
+    // `keys generate` does not overwrite a rotating directory, even with --force.
+    let output = latchkey(
+        dir.path(),
+        &["keys", "generate", "--dir", "keys", "--force"],
+        &[],
+        "",
+    );
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("keys rotate"));
+}

@@ -257,7 +257,11 @@ async fn development_generates_missing_keys_into_the_key_dir() {
     .await
     .unwrap()
     .expect("generated");
-    assert_ne!(keys.access.kid, keys.refresh.kid);
+    use latchkey::auth::keys::KeyKind;
+    assert_ne!(
+        keys.current(KeyKind::Access).unwrap().kid,
+        keys.current(KeyKind::Refresh).unwrap().kid
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

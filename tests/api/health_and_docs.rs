@@ -59,7 +59,7 @@ async fn jwks_publishes_only_the_access_key(app: TestApp) {
     assert_eq!(key["kty"], "RSA");
     assert_eq!(key["use"], "sig");
     assert_eq!(key["alg"], "RS256");
-    assert_eq!(key["kid"], app.state.tokens.keys().access.kid.as_str());
+    assert_eq!(key["kid"], app.access_kid().as_str());
     // The published key verifies a real access token.
     let user = app.signed_in_user().await;
     let decoding = jsonwebtoken::DecodingKey::from_rsa_components(
@@ -75,7 +75,7 @@ async fn jwks_publishes_only_the_access_key(app: TestApp) {
     // ...and is the configured access key; the refresh key is not published.
     let access_public = rsa_modulus(&KEYS.access.public_pem);
     assert_eq!(key["n"].as_str().unwrap(), access_public);
-    assert_ne!(key["kid"], app.state.tokens.keys().refresh.kid.as_str());
+    assert_ne!(key["kid"], app.refresh_kid().as_str());
 }
 
 fn rsa_modulus(public_pem: &str) -> String {

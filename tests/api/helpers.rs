@@ -5,13 +5,14 @@
 use std::{
     collections::HashMap,
     io::Write,
+    path::Path,
     sync::{Arc, LazyLock, Mutex},
 };
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use latchkey::{
-    auth::keys::generate_pair,
-    config::{InlineKeys, KeySource, Settings},
+    auth::keys::{GeneratedPair, KeyKind, generate_pair},
+    config::{InlineKeys, KeyPaths, KeySource, Settings},
     limits::{LimitSettings, Rate},
     startup::Application,
     state::AppState,
@@ -50,6 +51,45 @@ impl PemPair {
     pub fn encoding_key(&self) -> EncodingKey {
         EncodingKey::from_rsa_pem(self.private_pem.as_bytes()).expect("test key")
     }
+
+    /// The pair in the form `keys::rotate` takes.
+    pub fn generated(&self) -> GeneratedPair {
+        GeneratedPair {
+            private_pem: self.private_pem.clone().into(),
+            public_pem: self.public_pem.clone(),
+        }
+    }
+
+    /// The RFC 7638 `kid` of this pair.
+    pub fn kid(&self) -> String {
+        latchkey::auth::keys::SigningKey::from_pem(
+            KeyKind::Access,
+            &self.private_pem,
+            Some(&self.public_pem),
+        )
+        .expect("test key")
+        .kid
+    }
+}
+
+/// Keys a rotation switches to (made once per test run, like `KEYS`).
+pub static NEXT_KEYS: LazyLock<(PemPair, PemPair)> =
+    LazyLock::new(|| (PemPair::generate(2048), PemPair::generate(2048)));
+
+/// Writes `access` and `refresh` into `dir` as the four files of a single-key setup (what
+/// `latchkey keys generate` writes), without generating new RSA keys.
+pub fn write_key_dir(dir: &Path, access: &PemPair, refresh: &PemPair) -> KeyPaths {
+    let paths = KeyPaths::in_dir(dir);
+    std::fs::create_dir_all(dir).expect("key dir");
+    for (path, pem) in [
+        (&paths.access_private, &access.private_pem),
+        (&paths.access_public, &access.public_pem),
+        (&paths.refresh_private, &refresh.private_pem),
+        (&paths.refresh_public, &refresh.public_pem),
+    ] {
+        std::fs::write(path, pem).expect("write key file");
+    }
+    paths
 }
 
 /// Keys made once per test run: RSA generation is slow.
@@ -351,6 +391,47 @@ impl TestApp {
             },
         )
         .await
+    }
+
+    /// The `kid` of the access key signing now.
+    pub fn access_kid(&self) -> String {
+        self.state
+            .tokens
+            .keys()
+            .current(KeyKind::Access)
+            .expect("an access key signs")
+            .kid
+            .clone()
+    }
+
+    /// The `kid` of the refresh key signing now.
+    pub fn refresh_kid(&self) -> String {
+        self.state
+            .tokens
+            .keys()
+            .current(KeyKind::Refresh)
+            .expect("a refresh key signs")
+            .kid
+            .clone()
+    }
+
+    /// The `kid`s the JWKS publishes now.
+    pub async fn jwks_kids(&self) -> Vec<String> {
+        let body: Value = self
+            .client
+            .get(self.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("jwks json");
+        body["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| k["kid"].as_str().expect("kid").to_owned())
+            .collect()
     }
 
     pub fn url(&self, path: &str) -> String {

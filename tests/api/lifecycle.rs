@@ -214,10 +214,7 @@ async fn access_token_claims_follow_the_contract(app: TestApp) {
     let header = jsonwebtoken::decode_header(&tokens.access).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
     assert_eq!(header.typ.as_deref(), Some("JWT"));
-    assert_eq!(
-        header.kid.as_deref(),
-        Some(app.state.tokens.keys().access.kid.as_str())
-    );
+    assert_eq!(header.kid.as_deref(), Some(app.access_kid().as_str()));
     let claims = claims_of(&tokens.access);
     for claim in [
         "iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "role",
@@ -238,7 +235,7 @@ async fn access_token_claims_follow_the_contract(app: TestApp) {
     let refresh_header = jsonwebtoken::decode_header(&tokens.refresh).unwrap();
     assert_eq!(
         refresh_header.kid.as_deref(),
-        Some(app.state.tokens.keys().refresh.kid.as_str())
+        Some(app.refresh_kid().as_str())
     );
     assert_ne!(refresh_header.kid, header.kid);
 }

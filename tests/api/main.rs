@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod cookies;
 mod health_and_docs;
+mod keys;
 mod lifecycle;
 mod malformed;
 mod observability;
@@ -16,3 +17,9 @@ mod secrets;
 mod session_store;
 mod sessions;
 mod token_security;
+mod verifier;
+
+/// The verifier example other services copy, driven by `verifier.rs` (its `main` is unused here).
+#[allow(dead_code)]
+#[path = "../../examples/verify_service.rs"]
+mod verify_service;

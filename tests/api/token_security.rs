@@ -57,7 +57,7 @@ async fn a_token_past_exp_within_the_leeway_is_reported_expired_not_revoked(app:
 }
 
 fn access_kid(app: &TestApp) -> String {
-    app.state.tokens.keys().access.kid.clone()
+    app.access_kid()
 }
 
 /// Asserts 401 `invalid_token` with `WWW-Authenticate: Bearer error="invalid_token"`.
@@ -199,7 +199,7 @@ async fn an_access_token_is_not_a_refresh_token(app: TestApp) {
     .await;
     // Signed by the refresh key but without `typ: refresh`: still refused.
     let claims = Value::Object(claims_of(&tokens.access));
-    let refresh_kid = app.state.tokens.keys().refresh.kid.clone();
+    let refresh_kid = app.refresh_kid();
     let token = sign_rs256(&claims, &KEYS.refresh.encoding_key(), &refresh_kid);
     assert_error(
         app.refresh(&token).await,
