@@ -194,8 +194,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await?
             .map_err(anyhow::Error::msg)?;
+            // Only access keys are published; refresh keys are verified by Latchkey alone.
+            let visibility = match kind {
+                keys::KeyKind::Access => "published in the JWKS now",
+                keys::KeyKind::Refresh => "loaded by every instance within KEYS_RELOAD_SECS",
+            };
             println!(
-                "added {} key {} ({}, 0600): published now, signs from {}",
+                "added {} key {} ({}, 0600): {visibility}, signs from {}",
                 kind.as_str(),
                 entry.kid,
                 dir.join(&entry.private_key).display(),
