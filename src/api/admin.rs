@@ -146,6 +146,17 @@ fn bounded(
     }
 }
 
+/// `page` (from 1) and `per_page` (1 to 100, default 20) query parameters.
+fn pagination(
+    v: &mut Validator,
+    page: Option<String>,
+    per_page: Option<String>,
+) -> Option<(i64, i64)> {
+    let page = bounded(v, "page", page, 1, 1..=MAX_PAGE);
+    let per_page = bounded(v, "per_page", per_page, DEFAULT_PER_PAGE, 1..=MAX_PER_PAGE);
+    page.zip(per_page)
+}
+
 pub fn last_admin() -> ApiError {
     ApiError::new(
         ErrorCode::LastAdmin,
@@ -219,14 +230,7 @@ impl AdminApi {
         role: Query<Option<String>>,
     ) -> Result<UserPageResult, ApiError> {
         let mut v = Validator::new();
-        let page = bounded(&mut v, "page", page.0, 1, 1..=MAX_PAGE);
-        let per_page = bounded(
-            &mut v,
-            "per_page",
-            per_page.0,
-            DEFAULT_PER_PAGE,
-            1..=MAX_PER_PAGE,
-        );
+        let paging = pagination(&mut v, page.0, per_page.0);
         let role = role_field(&mut v, "role", role.0);
         let email = email
             .0
@@ -235,7 +239,7 @@ impl AdminApi {
         if email.as_deref().is_some_and(has_control_chars) {
             v.fail("email", "must not contain control characters");
         }
-        let (page, per_page) = v.finish(page.zip(per_page))?;
+        let (page, per_page) = v.finish(paging)?;
         let filter = UserFilter {
             email_contains: email,
             role,
@@ -396,14 +400,7 @@ impl AdminApi {
         event_type: Query<Option<String>>,
     ) -> Result<AuditPageResult, ApiError> {
         let mut v = Validator::new();
-        let page = bounded(&mut v, "page", page.0, 1, 1..=MAX_PAGE);
-        let per_page = bounded(
-            &mut v,
-            "per_page",
-            per_page.0,
-            DEFAULT_PER_PAGE,
-            1..=MAX_PER_PAGE,
-        );
+        let paging = pagination(&mut v, page.0, per_page.0);
         let user_id = match user_id.0 {
             Some(raw) => match Uuid::parse_str(raw.trim()) {
                 Ok(id) => Some(id),
@@ -424,7 +421,7 @@ impl AdminApi {
             }
             None => None,
         };
-        let (page, per_page) = v.finish(page.zip(per_page))?;
+        let (page, per_page) = v.finish(paging)?;
         let filter = AuditFilter {
             user_id,
             event_type,
