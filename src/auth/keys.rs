@@ -82,6 +82,9 @@ pub struct SigningKey {
     pub kid: String,
     pub bits: usize,
     pub encoding: EncodingKey,
+    /// The private key parsed once for signing: jsonwebtoken's `encode` re-parses the DER on
+    /// every signature, which makes RS256 signing ~2.7x slower (see bench/README.md).
+    pub key_pair: aws_lc_rs::signature::RsaKeyPair,
     pub decoding: DecodingKey,
     pub jwk: PublicJwk,
 }
@@ -124,6 +127,14 @@ impl SigningKey {
         let kid = thumbprint(&jwk.n, &jwk.e);
         let encoding = EncodingKey::from_rsa_pem(private_pem.as_bytes())
             .map_err(|err| ConfigError(format!("the {} private key: {err}", kind.as_str())))?;
+        let key_pair = private
+            .to_pkcs8_der()
+            .map_err(|err| err.to_string())
+            .and_then(|der| {
+                aws_lc_rs::signature::RsaKeyPair::from_pkcs8(der.as_bytes())
+                    .map_err(|err| err.to_string())
+            })
+            .map_err(|err| ConfigError(format!("the {} private key: {err}", kind.as_str())))?;
         let decoding = DecodingKey::from_rsa_components(&jwk.n, &jwk.e)
             .map_err(|err| ConfigError(format!("the {} public key: {err}", kind.as_str())))?;
         Ok(Self {
@@ -134,6 +145,7 @@ impl SigningKey {
             },
             kid,
             encoding,
+            key_pair,
             decoding,
         })
     }
