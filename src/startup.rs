@@ -68,9 +68,8 @@ impl Application {
         let keys = {
             let source = settings.keys.clone();
             let generate = settings.generate_missing_keys;
-            let production = settings.is_production();
             // Generating development keys takes a moment: keep it off the async workers.
-            tokio::task::spawn_blocking(move || Keys::load(&source, generate, production))
+            tokio::task::spawn_blocking(move || Keys::load(&source, generate))
                 .await
                 .map_err(anyhow::Error::from)??
         };
@@ -216,10 +215,7 @@ async fn reload_keys(state: AppState) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        state
-            .tokens
-            .reload(&state.settings.keys, state.settings.is_production())
-            .await;
+        state.tokens.reload(&state.settings.keys).await;
     }
 }
 

@@ -41,8 +41,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{ConfigError, InlineKeys, KeyPaths, KeySource};
 
-/// Keys shorter than this are refused in production.
-pub const MIN_PRODUCTION_BITS: usize = 2048;
+/// Keys shorter than this are refused everywhere (aws-lc cannot sign with them).
+pub const MIN_BITS: usize = 2048;
 /// Size of generated keys unless asked otherwise.
 pub const DEFAULT_BITS: usize = 2048;
 /// The manifest's file name inside the key directory.
@@ -104,6 +104,17 @@ impl SigningKey {
             ))
         })?;
         let public = RsaPublicKey::from(&private);
+        let bits = public.size() * 8;
+        // aws-lc, which signs and verifies, refuses RSA keys under 2048 bits: such a key could
+        // not sign a single token, in any environment.
+        if bits < MIN_BITS {
+            return Err(ConfigError(format!(
+                "the {} key has {bits} bits; Latchkey needs at least {MIN_BITS}: generate new \
+                 keys with `latchkey keys generate --bits 3072` (or `latchkey keys rotate --bits \
+                 3072`)",
+                kind.as_str()
+            )));
+        }
         if let Some(public_pem) = public_pem {
             let given = parse_public(public_pem).map_err(|err| {
                 ConfigError(format!(
@@ -138,7 +149,7 @@ impl SigningKey {
         let decoding = DecodingKey::from_rsa_components(&jwk.n, &jwk.e)
             .map_err(|err| ConfigError(format!("the {} public key: {err}", kind.as_str())))?;
         Ok(Self {
-            bits: public.size() * 8,
+            bits,
             jwk: PublicJwk {
                 kid: kid.clone(),
                 ..jwk
@@ -167,13 +178,9 @@ pub struct Keys {
 
 impl Keys {
     /// Loads, parses and checks the configured keys. In development, a key directory with no
-    /// manifest and none of the four files gets fresh keys first (loudly). In production every
-    /// problem is a startup refusal.
-    pub fn load(
-        source: &KeySource,
-        generate_missing: bool,
-        production: bool,
-    ) -> Result<Self, ConfigError> {
+    /// manifest and none of the four files gets fresh keys first (loudly). Every problem is a
+    /// startup refusal (production never passes `generate_missing`).
+    pub fn load(source: &KeySource, generate_missing: bool) -> Result<Self, ConfigError> {
         let entries: Vec<(KeyKind, ManagedKey)> = match source {
             KeySource::Files(paths) if paths.dir.join(MANIFEST_FILE).exists() => {
                 let manifest = Manifest::read(&paths.dir).map_err(ConfigError)?;
@@ -295,7 +302,7 @@ impl Keys {
         }
         keys.access.sort_by_key(|k| k.signs_from);
         keys.refresh.sort_by_key(|k| k.signs_from);
-        keys.check(production)?;
+        keys.check()?;
         Ok(keys)
     }
 
@@ -357,7 +364,7 @@ impl Keys {
         self.summary() == other.summary()
     }
 
-    fn check(&self, production: bool) -> Result<(), ConfigError> {
+    fn check(&self) -> Result<(), ConfigError> {
         let now = Utc::now().timestamp();
         for kind in KeyKind::ALL {
             if self.signing_at(kind, now).is_none() {
@@ -386,22 +393,6 @@ impl Keys {
                      with `latchkey keys generate --force`"
                         .into(),
                 ));
-            }
-        }
-        if production {
-            for kind in KeyKind::ALL {
-                for key in self.all(kind) {
-                    if key.key.bits < MIN_PRODUCTION_BITS {
-                        return Err(ConfigError(format!(
-                            "the {} key {} has {} bits; production needs at least \
-                             {MIN_PRODUCTION_BITS}: generate new keys with `latchkey keys \
-                             generate --bits 3072` (or `latchkey keys rotate --bits 3072`)",
-                            kind.as_str(),
-                            key.key.kid,
-                            key.key.bits
-                        )));
-                    }
-                }
             }
         }
         Ok(())

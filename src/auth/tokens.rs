@@ -130,11 +130,10 @@ impl TokenService {
     /// broken file, a bad manifest, a production refusal) is logged and the current set stays:
     /// a bad edit of the key directory must not take the service down. Returns whether the set
     /// changed.
-    pub async fn reload(&self, source: &KeySource, production: bool) -> bool {
+    pub async fn reload(&self, source: &KeySource) -> bool {
         let source = source.clone();
         // Never generates keys: that happens only at first start.
-        let loaded =
-            tokio::task::spawn_blocking(move || Keys::load(&source, false, production)).await;
+        let loaded = tokio::task::spawn_blocking(move || Keys::load(&source, false)).await;
         match loaded {
             Ok(Ok(keys)) => {
                 if keys.same_as(&self.keys()) {

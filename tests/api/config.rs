@@ -252,7 +252,7 @@ async fn development_generates_missing_keys_into_the_key_dir() {
     let paths = KeyPaths::in_dir(dir.path().join("keys"));
     let keys = tokio::task::spawn_blocking({
         let source = KeySource::Files(paths.clone());
-        move || latchkey::auth::keys::Keys::load(&source, true, false)
+        move || latchkey::auth::keys::Keys::load(&source, true)
     })
     .await
     .unwrap()

@@ -349,8 +349,8 @@ async fn keys_from_the_environment_are_a_single_key_setup() {
     assert_eq!(app.me(&user.tokens().access).await.status(), StatusCode::OK);
 }
 
-fn load(paths: &KeyPaths, production: bool) -> Result<Keys, String> {
-    Keys::load(&KeySource::Files(paths.clone()), false, production).map_err(|e| e.0)
+fn load(paths: &KeyPaths) -> Result<Keys, String> {
+    Keys::load(&KeySource::Files(paths.clone()), false).map_err(|e| e.0)
 }
 
 fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut Manifest)) {
@@ -382,25 +382,25 @@ fn production_refusals_hold_for_every_key_in_the_manifest() {
         Utc::now(),
     )
     .unwrap();
-    let keys = load(&paths, true).expect("a valid rotated directory");
+    let keys = load(&paths).expect("a valid rotated directory");
     assert_eq!(keys.all(KeyKind::Access).len(), 2);
 
-    // A short key added by a rotation: refused in production, accepted in development.
+    // A short key: `keys rotate` refuses it at once, in every environment (aws-lc cannot sign
+    // with an RSA key under 2048 bits), and nothing is written.
     let (_dir, paths) = fresh();
-    keys::rotate(
+    let message = keys::rotate(
         &paths,
         KeyKind::Refresh,
         &SHORT_KEYS.0.generated(),
         &policy,
         Utc::now(),
     )
-    .unwrap();
-    let message = load(&paths, true).err().expect("refused");
+    .expect_err("refused");
     assert!(
         message.contains("1024 bits") && message.contains("at least 2048"),
         "{message}"
     );
-    assert!(load(&paths, false).is_ok());
+    assert!(load(&paths).is_ok(), "the directory is untouched");
 
     // The same pair listed for both kinds.
     let (_dir, paths) = fresh();
@@ -417,7 +417,7 @@ fn production_refusals_hold_for_every_key_in_the_manifest() {
         copy.kind = KeyKind::Refresh;
         m.keys.push(copy);
     });
-    let message = load(&paths, true).err().expect("refused");
+    let message = load(&paths).err().expect("refused");
     assert!(
         message.contains("the access and refresh key pairs are the same"),
         "{message}"
@@ -434,7 +434,7 @@ fn production_refusals_hold_for_every_key_in_the_manifest() {
     )
     .unwrap();
     std::fs::write(paths.dir.join(&entry.public_key), &KEYS.stranger.public_pem).unwrap();
-    let message = load(&paths, true).err().expect("refused");
+    let message = load(&paths).err().expect("refused");
     assert!(
         message.contains("access public key does not match"),
         "{message}"
@@ -451,7 +451,7 @@ fn production_refusals_hold_for_every_key_in_the_manifest() {
     )
     .unwrap();
     std::fs::remove_file(paths.dir.join(&entry.private_key)).unwrap();
-    let message = load(&paths, true).err().expect("refused");
+    let message = load(&paths).err().expect("refused");
     assert!(message.contains("unreadable"), "{message}");
     std::fs::write(
         paths.dir.join(&entry.private_key),
@@ -459,7 +459,7 @@ fn production_refusals_hold_for_every_key_in_the_manifest() {
     )
     .unwrap();
     std::fs::write(paths.dir.join(&entry.public_key), &KEYS.stranger.public_pem).unwrap();
-    let message = load(&paths, true).err().expect("refused");
+    let message = load(&paths).err().expect("refused");
     assert!(message.contains("not the"), "{message}");
 
     // A manifest that is not JSON, and one where no key signs yet.
@@ -477,10 +477,10 @@ fn production_refusals_hold_for_every_key_in_the_manifest() {
             key.signs_from = Utc::now() + chrono::Duration::hours(1);
         }
     });
-    let message = load(&paths, true).err().expect("refused");
+    let message = load(&paths).err().expect("refused");
     assert!(message.contains("signs yet"), "{message}");
     std::fs::write(paths.dir.join(keys::MANIFEST_FILE), "{ not json").unwrap();
-    let message = load(&paths, true).err().expect("refused");
+    let message = load(&paths).err().expect("refused");
     assert!(message.contains("not a valid key manifest"), "{message}");
 }
 
@@ -551,7 +551,7 @@ fn rotation_schedules_retirement_and_list_shows_each_state() {
     assert!(table.contains(&entry.kid), "{table}");
 
     // The loaded set: the old key signs until the switch, then the new one.
-    let keys = load(&paths, false).unwrap();
+    let keys = load(&paths).unwrap();
     assert_eq!(
         keys.signing_at(KeyKind::Access, now.timestamp())
             .unwrap()
