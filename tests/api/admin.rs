@@ -1,7 +1,6 @@
 //! Roles and administration (API.md section 5, admin): the role guard, the admin API, disabling
 //! users, and the last-admin rule.
 
-use latchkey::db::{entities::user::Role, users};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -19,19 +18,6 @@ backend_tests!(
     admin_delete_and_revoke_sessions_end_every_session,
     admin_input_errors_are_clear,
 );
-
-async fn make_admin(app: &TestApp, user: &TestUser) {
-    users::set_role(&app.state.db, &user.email, Role::Admin)
-        .await
-        .unwrap()
-        .expect("user exists");
-}
-
-async fn signed_in_admin(app: &TestApp) -> TestUser {
-    let admin = app.signed_in_user().await;
-    make_admin(app, &admin).await;
-    admin
-}
 
 async fn admin_call(
     app: &TestApp,
@@ -51,7 +37,7 @@ async fn admin_call(
 }
 
 async fn a_user_gets_403_on_every_admin_endpoint_and_an_admin_gets_through(app: TestApp) {
-    let admin = signed_in_admin(&app).await;
+    let admin = app.signed_in_admin().await;
     let user = app.signed_in_user().await;
     let target = app.signed_in_user().await;
     let id = target.user_id();
@@ -116,7 +102,7 @@ async fn a_user_gets_403_on_every_admin_endpoint_and_an_admin_gets_through(app: 
 }
 
 async fn a_promotion_or_demotion_applies_on_the_next_request_with_the_same_token(app: TestApp) {
-    let admin = signed_in_admin(&app).await;
+    let admin = app.signed_in_admin().await;
     let user = app.signed_in_user().await;
     let list = |access: String| {
         let app = &app;
@@ -165,7 +151,7 @@ async fn a_promotion_or_demotion_applies_on_the_next_request_with_the_same_token
 }
 
 async fn disabling_a_user_kills_its_live_tokens_and_refuses_its_login(app: TestApp) {
-    let admin = signed_in_admin(&app).await;
+    let admin = app.signed_in_admin().await;
     let user = app.signed_in_user().await;
     let path = format!("/api/v1/admin/users/{}", user.user_id());
     let (status, body) = status_and_json(
@@ -221,7 +207,7 @@ async fn disabling_a_user_kills_its_live_tokens_and_refuses_its_login(app: TestA
 
 async fn the_last_active_admin_cannot_be_demoted_disabled_or_deleted(app: TestApp) {
     let first = app.signed_in_user().await;
-    make_admin(&app, &first).await;
+    app.make_admin(&first).await;
     let own = format!("/api/v1/admin/users/{}", first.user_id());
     let token = first.tokens().access.clone();
     for body in [
@@ -262,7 +248,7 @@ async fn the_last_active_admin_cannot_be_demoted_disabled_or_deleted(app: TestAp
 
     // A disabled admin does not count as active.
     let second = app.signed_in_user().await;
-    make_admin(&app, &second).await;
+    app.make_admin(&second).await;
     let second_path = format!("/api/v1/admin/users/{}", second.user_id());
     let response = admin_call(
         &app,
@@ -289,7 +275,7 @@ async fn the_last_active_admin_cannot_be_demoted_disabled_or_deleted(app: TestAp
 
     // With another active admin, the first may step down.
     let third = app.signed_in_user().await;
-    make_admin(&app, &third).await;
+    app.make_admin(&third).await;
     let response = admin_call(
         &app,
         Method::PATCH,
@@ -316,7 +302,7 @@ async fn the_last_active_admin_cannot_be_demoted_disabled_or_deleted(app: TestAp
 }
 
 async fn pagination_bounds_are_422_and_pages_filters_and_totals_are_right(app: TestApp) {
-    let admin = signed_in_admin(&app).await;
+    let admin = app.signed_in_admin().await;
     let token = admin.tokens().access.clone();
     for query in [
         "page=0",
@@ -413,7 +399,7 @@ async fn pagination_bounds_are_422_and_pages_filters_and_totals_are_right(app: T
 }
 
 async fn admin_delete_and_revoke_sessions_end_every_session(app: TestApp) {
-    let admin = signed_in_admin(&app).await;
+    let admin = app.signed_in_admin().await;
     let token = admin.tokens().access.clone();
 
     let user = app.signed_in_user().await;
@@ -480,7 +466,7 @@ async fn admin_delete_and_revoke_sessions_end_every_session(app: TestApp) {
 }
 
 async fn admin_input_errors_are_clear(app: TestApp) {
-    let admin = signed_in_admin(&app).await;
+    let admin = app.signed_in_admin().await;
     let token = admin.tokens().access.clone();
     let path = format!("/api/v1/admin/users/{}", admin.user_id());
     let cases = [

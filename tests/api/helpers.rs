@@ -489,6 +489,25 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Gives an existing user the admin role (the role is read from the row on every request).
+    pub async fn make_admin(&self, user: &TestUser) {
+        latchkey::db::users::set_role(
+            &self.state.db,
+            &user.email,
+            latchkey::db::entities::user::Role::Admin,
+        )
+        .await
+        .expect("set role")
+        .expect("user exists");
+    }
+
+    /// Registers and logs in a fresh user, then makes it an admin.
+    pub async fn signed_in_admin(&self) -> TestUser {
+        let admin = self.signed_in_user().await;
+        self.make_admin(&admin).await;
+        admin
+    }
+
     /// Registers and logs in a fresh user.
     pub async fn signed_in_user(&self) -> TestUser {
         let user = TestUser::generate();

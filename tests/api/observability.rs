@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use latchkey::{db::entities::user::Role, db::users, limits::Rate};
+use latchkey::limits::Rate;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -236,16 +236,8 @@ async fn audit_events(app: &TestApp, admin: &str, query: &str) -> Value {
     body
 }
 
-async fn signed_in_admin(app: &TestApp) -> TestUser {
-    let admin = app.signed_in_user().await;
-    users::set_role(&app.state.db, &admin.email, Role::Admin)
-        .await
-        .unwrap();
-    admin
-}
-
 async fn every_audit_event_type_is_recorded_with_its_fields(app: TestApp) {
-    let admin = signed_in_admin(&app).await;
+    let admin = app.signed_in_admin().await;
     let token = admin.tokens().access.clone();
     let user = app.signed_in_user().await;
     let uid = user.id.clone().unwrap();
@@ -393,7 +385,7 @@ async fn every_audit_event_type_is_recorded_with_its_fields(app: TestApp) {
 }
 
 async fn the_audit_trail_is_admin_only_paginated_and_filtered(app: TestApp) {
-    let admin = signed_in_admin(&app).await;
+    let admin = app.signed_in_admin().await;
     let token = admin.tokens().access.clone();
     let user = app.signed_in_user().await;
     let response = app
