@@ -591,17 +591,7 @@ async fn bare_rates(args: &Args, server: &Server) -> anyhow::Result<Vec<Value>> 
     let pair = state.tokens.issue_pair(user.id, "user", sid).await?;
     state
         .sessions
-        .create(NewSession {
-            id: sid,
-            user_id: user.id,
-            user_agent: None,
-            ip: None,
-            created_at: pair.access.iat,
-            access_jti: pair.access.jti,
-            access_exp: pair.access.exp,
-            refresh_jti: pair.refresh.jti,
-            refresh_exp: pair.refresh.exp,
-        })
+        .create(NewSession::for_pair(&pair, None, None))
         .await?;
     let access = Arc::new(pair.access_token.clone());
 

@@ -267,17 +267,11 @@ impl AuthApi {
         let ip = client_ip(req, &state.settings.trusted_proxies);
         state
             .sessions
-            .create(NewSession {
-                id: session_id,
-                user_id: user.id,
-                user_agent: user_agent(req),
-                ip: ip.map(|ip| ip.to_string()),
-                created_at: pair.access.iat,
-                access_jti: pair.access.jti,
-                access_exp: pair.access.exp,
-                refresh_jti: pair.refresh.jti,
-                refresh_exp: pair.refresh.exp,
-            })
+            .create(NewSession::for_pair(
+                &pair,
+                user_agent(req),
+                ip.map(|ip| ip.to_string()),
+            ))
             .await?;
         // A password change or a disable that completed while this login was hashing has
         // already revoked every session; make sure this one does not slip past it.

@@ -35,6 +35,27 @@ pub struct NewSession {
     pub refresh_exp: i64,
 }
 
+impl NewSession {
+    /// The session a login starts with `pair` (both tokens carry its id as `sid`).
+    pub fn for_pair(
+        pair: &crate::auth::tokens::IssuedPair,
+        user_agent: Option<String>,
+        ip: Option<String>,
+    ) -> Self {
+        Self {
+            id: pair.access.sid,
+            user_id: pair.access.sub,
+            user_agent,
+            ip,
+            created_at: pair.access.iat,
+            access_jti: pair.access.jti,
+            access_exp: pair.access.exp,
+            refresh_jti: pair.refresh.jti,
+            refresh_exp: pair.refresh.exp,
+        }
+    }
+}
+
 /// One refresh-token rotation request.
 #[derive(Debug, Clone)]
 pub struct Rotation {
