@@ -26,6 +26,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// How requests reach Redis (`REDIS_ACCESS`); see `session::redis_client`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisAccess {
+    /// One shared multiplexed connection (the default): one round trip per operation.
+    Multiplexed,
+    /// A deadpool-redis checkout per operation, `REDIS_POOL_SIZE` connections at most.
+    Pooled,
+}
+
 /// Where the RSA key material comes from.
 #[derive(Clone)]
 pub enum KeySource {
@@ -119,6 +128,7 @@ pub struct Settings {
     /// `None` selects the in-process session store (development only).
     pub redis_url: Option<SecretString>,
     pub redis_key_prefix: String,
+    pub redis_access: RedisAccess,
     pub redis_pool_size: usize,
     pub keys: KeySource,
     /// Development only: create missing key files on start.
@@ -181,6 +191,7 @@ impl fmt::Debug for Settings {
             .field("hash_queue_timeout_ms", &self.hash_queue_timeout_ms)
             .field("limits", &self.limits)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("redis_access", &self.redis_access)
             .field("redis_pool_size", &self.redis_pool_size)
             .field("jwks_max_age_secs", &self.jwks_max_age_secs)
             .field("keys_reload_secs", &self.keys_reload_secs)
@@ -308,6 +319,17 @@ impl Settings {
             Some("json") => LogFormat::Json,
             Some(other) => return Err(ConfigError::invalid("LOG_FORMAT", other, "text or json")),
         };
+        let redis_access = match get("REDIS_ACCESS").as_deref() {
+            None | Some("multiplexed") => RedisAccess::Multiplexed,
+            Some("pooled") => RedisAccess::Pooled,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "REDIS_ACCESS",
+                    other,
+                    "multiplexed or pooled",
+                ));
+            }
+        };
         let default_argon2 = Argon2Settings::default();
         let default_limits = LimitSettings::default();
         let settings = Settings {
@@ -317,6 +339,7 @@ impl Settings {
             database_url: database_url.into(),
             redis_url: redis_url.map(Into::into),
             redis_key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "latchkey:".into()),
+            redis_access,
             redis_pool_size: parse_or(&get, "REDIS_POOL_SIZE", 32)?,
             keys,
             generate_missing_keys: !production,

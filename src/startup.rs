@@ -24,7 +24,9 @@ use crate::{
     db,
     error::{self, ApiError, DependencyFailure, ErrorCode},
     limits::{LimitStore, Limiter, memory::MemoryLimits, redis::RedisLimits},
-    session::{SessionStore, StoreError, memory::MemoryStore, redis::RedisStore},
+    session::{
+        SessionStore, StoreError, memory::MemoryStore, redis::RedisStore, redis_client::RedisClient,
+    },
     state::AppState,
     telemetry::{metrics::Metrics, request_id},
 };
@@ -78,15 +80,16 @@ impl Application {
         let (sessions, limit_store): (Arc<dyn SessionStore>, Arc<dyn LimitStore>) =
             match &settings.redis_url {
                 Some(url) => {
-                    let store = RedisStore::new(
+                    let redis = RedisClient::new(
                         url.expose_secret(),
-                        &settings.redis_key_prefix,
+                        settings.redis_access,
                         settings.redis_pool_size,
                     )?;
+                    let store = RedisStore::new(redis.clone(), &settings.redis_key_prefix);
                     store.ping().await.map_err(|err| {
                         StoreError(format!("cannot reach Redis at REDIS_URL: {}", err.0))
                     })?;
-                    let limits = RedisLimits::new(store.pool(), &settings.redis_key_prefix);
+                    let limits = RedisLimits::new(redis, &settings.redis_key_prefix);
                     (Arc::new(store), Arc::new(limits))
                 }
                 None => {

@@ -44,6 +44,9 @@ struct Args {
     /// Seconds per scenario.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Seconds of load before each scenario's measured part (not recorded).
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
     /// Concurrent connections per scenario.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -62,6 +65,9 @@ struct Args {
         default_value = "health,me,refresh,login,register,me_under_login_flood"
     )]
     scenarios: String,
+    /// How the server (and the bare rates) reach Redis: REDIS_ACCESS=multiplexed or pooled.
+    #[arg(long, default_value = "multiplexed")]
+    redis_access: String,
     /// Also measure the bare rates without HTTP.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     bare: bool,
@@ -74,6 +80,18 @@ struct Args {
 fn database_url() -> String {
     std::env::var("BENCH_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// `url` with its database name replaced by `name` (query parameters such as `sslmode` kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (path, query) = url
+        .split_once('?')
+        .map_or((url, None), |(p, q)| (p, Some(q)));
+    let base = path.rsplit_once('/').map_or(path, |(b, _)| b);
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
 }
 
 fn redis_url() -> String {
@@ -135,10 +153,9 @@ async fn start_server(args: &Args) -> anyhow::Result<Server> {
         Backend::Postgres => {
             let name = format!("latchkey_bench_{}", Uuid::new_v4().simple());
             run_sql(&format!("CREATE DATABASE {name}")).await?;
-            let base = database_url();
-            let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(&base);
-            env.insert("DATABASE_URL".into(), format!("{base}/{name}"));
+            env.insert("DATABASE_URL".into(), with_database(&database_url(), &name));
             env.insert("REDIS_URL".into(), redis_url());
+            env.insert("REDIS_ACCESS".into(), args.redis_access.clone());
             env.insert(
                 "REDIS_KEY_PREFIX".into(),
                 format!("latchkey-bench:{}:", Uuid::new_v4().simple()),
@@ -162,6 +179,7 @@ async fn start_server(args: &Args) -> anyhow::Result<Server> {
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting {}", args.server.display()))?;
+    let _ = SERVER_PID.set(child.id());
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let mut child = child;
@@ -196,11 +214,60 @@ async fn run_sql(sql: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Latencies of one scenario.
+/// Latencies of one scenario, and the CPU time it took.
 #[derive(Default)]
 struct Recorder {
     micros: Vec<u32>,
     errors: u64,
+    cpu: CpuUsage,
+}
+
+/// The server under test, for CPU accounting (set once it has started).
+static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// CPU seconds spent during a scenario: by the server process (all its threads, user +
+/// system; not the kernel's network softirq work) and by the whole machine (every CPU's
+/// non-idle time: the server, PostgreSQL, Redis, the load generator and the kernel).
+#[derive(Default, Clone, Copy)]
+struct CpuUsage {
+    server_s: f64,
+    machine_s: f64,
+}
+
+/// /proc counts CPU time in USER_HZ ticks, which Linux fixes at 100 per second.
+const TICKS_PER_S: f64 = 100.0;
+
+/// (server CPU seconds, machine busy CPU seconds) so far.
+fn cpu_now() -> (f64, f64) {
+    let hz = TICKS_PER_S;
+    let server = SERVER_PID
+        .get()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .and_then(|stat| {
+            // Fields after the command name: state is 3rd overall, utime 14th, stime 15th.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / hz)
+        })
+        .unwrap_or(0.0);
+    let machine = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+            let ticks: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|t| t.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+            let total: f64 = ticks.iter().take(8).sum();
+            let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+            Some((total - idle) / hz)
+        })
+        .unwrap_or(0.0);
+    (server, machine)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> u32 {
@@ -220,6 +287,13 @@ fn report(
 ) -> Value {
     rec.micros.sort_unstable();
     let n = rec.micros.len();
+    let per_request_us = |seconds: f64| {
+        if n == 0 {
+            0.0
+        } else {
+            (seconds * 1e6 / n as f64 * 10.0).round() / 10.0
+        }
+    };
     let line = json!({
         "scenario": scenario,
         "backend": format!("{:?}", args.backend).to_lowercase(),
@@ -232,20 +306,31 @@ fn report(
         "p99_us": percentile(&rec.micros, 99.0),
         "p99_9_us": percentile(&rec.micros, 99.9),
         "errors": rec.errors,
+        "server_cpu_pct": (rec.cpu.server_s * 100.0 / elapsed.as_secs_f64()).round(),
+        "server_cpu_us_per_req": per_request_us(rec.cpu.server_s),
+        "machine_cpu_us_per_req": per_request_us(rec.cpu.machine_s),
     });
     println!("{line}");
     line
 }
 
+/// How long a load runs.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    warmup: Duration,
+    duration: Duration,
+}
+
 /// Runs `workers` loops of `step` until `duration` passes; each loop owns its state.
-async fn drive<S, F, Fut>(duration: Duration, states: Vec<S>, step: F) -> (Duration, Recorder)
+/// The first `run.warmup` is not recorded: connections are opened and caches filled then.
+async fn drive<S, F, Fut>(run: Run, states: Vec<S>, step: F) -> (Duration, Recorder)
 where
     S: Send + 'static,
     F: Fn(S) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = (S, bool)> + Send,
 {
-    let started = Instant::now();
-    let deadline = started + duration;
+    let started = Instant::now() + run.warmup;
+    let deadline = started + run.duration;
     let mut tasks = Vec::new();
     for state in states {
         let step = step.clone();
@@ -258,6 +343,9 @@ where
                 let t = Instant::now();
                 let (next, ok) = step(state).await;
                 state = next;
+                if t < started {
+                    continue;
+                }
                 if ok {
                     rec.micros
                         .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -268,6 +356,12 @@ where
             rec
         }));
     }
+    // Without a warm-up (the bare rates keep the one runtime thread busy, so a timer would
+    // fire late) the start is now.
+    if !run.warmup.is_zero() {
+        tokio::time::sleep_until(started.into()).await;
+    }
+    let cpu_at_start = cpu_now();
     let mut total = Recorder::default();
     for task in tasks {
         if let Ok(rec) = task.await {
@@ -275,6 +369,11 @@ where
             total.errors += rec.errors;
         }
     }
+    let cpu_at_end = cpu_now();
+    total.cpu = CpuUsage {
+        server_s: cpu_at_end.0 - cpu_at_start.0,
+        machine_s: cpu_at_end.1 - cpu_at_start.1,
+    };
     (started.elapsed(), total)
 }
 
@@ -363,7 +462,10 @@ async fn scenario(name: &str, args: &Args, server: &Server) -> anyhow::Result<Va
     let base = server.base.clone();
     let c = args.concurrency;
     let http = client(c);
-    let duration = Duration::from_secs(args.duration);
+    let duration = Run {
+        warmup: Duration::from_secs(args.warmup),
+        duration: Duration::from_secs(args.duration),
+    };
     let result = match name {
         "health" => {
             let states = vec![(); c];
@@ -536,7 +638,7 @@ fn login_step(
 }
 
 /// Counts how many times `op` completes in `duration` on `threads` concurrent tasks.
-async fn rate<F, Fut>(name: &str, threads: usize, duration: Duration, op: F) -> Value
+async fn rate<F, Fut>(name: &str, threads: usize, duration: Run, op: F) -> Value
 where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -546,13 +648,19 @@ where
         async move { ((), op().await) }
     })
     .await;
+    bare_report(name, threads, elapsed, &rec)
+}
+
+/// One JSON line for a bare rate.
+fn bare_report(name: &str, concurrency: usize, elapsed: Duration, rec: &Recorder) -> Value {
     let n = rec.micros.len();
     let line = json!({
         "bare": name,
-        "concurrency": threads,
+        "concurrency": concurrency,
         "ops": n,
         "ops_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
         "errors": rec.errors,
+        "machine_cpu_us_per_op": if n == 0 { 0.0 } else { (rec.cpu.machine_s * 1e7 / n as f64).round() / 10.0 },
     });
     println!("{line}");
     line
@@ -571,7 +679,15 @@ async fn bare_rates(args: &Args, server: &Server) -> anyhow::Result<Vec<Value>> 
     let app = Application::build(settings).await?;
     let state = app.state().clone();
     eprintln!("bench: measuring bare rates");
-    let duration = Duration::from_secs(args.duration.clamp(2, 5));
+    let duration = Run {
+        warmup: Duration::ZERO,
+        duration: Duration::from_secs(args.duration.clamp(2, 5)),
+    };
+    // Operations that wait on PostgreSQL or Redis yield, so a warm-up timer fires on time.
+    let io_bound = Run {
+        warmup: Duration::from_secs(args.warmup),
+        ..duration
+    };
     let mut out = Vec::new();
 
     // A real user with a live session, as the guard sees it.
@@ -623,7 +739,7 @@ async fn bare_rates(args: &Args, server: &Server) -> anyhow::Result<Vec<Value>> 
         .await,
     );
     out.push(
-        rate("guard_pipeline", args.concurrency, duration, {
+        rate("guard_pipeline", args.concurrency, io_bound, {
             let state = state.clone();
             let access = access.clone();
             move || {
@@ -662,7 +778,7 @@ async fn bare_rates(args: &Args, server: &Server) -> anyhow::Result<Vec<Value>> 
             .await?;
         chains.push((sid, refresh_jti));
     }
-    let (elapsed, rec) = drive(duration, chains, {
+    let (elapsed, rec) = drive(io_bound, chains, {
         let state = state.clone();
         let user_id = user.id;
         move |(sid, current): (Uuid, Uuid)| {
@@ -693,16 +809,12 @@ async fn bare_rates(args: &Args, server: &Server) -> anyhow::Result<Vec<Value>> 
         }
     })
     .await;
-    let n = rec.micros.len();
-    let line = json!({
-        "bare": "rotation_step",
-        "concurrency": args.concurrency,
-        "ops": n,
-        "ops_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
-        "errors": rec.errors,
-    });
-    println!("{line}");
-    out.push(line);
+    out.push(bare_report(
+        "rotation_step",
+        args.concurrency,
+        elapsed,
+        &rec,
+    ));
     out.push(
         rate("argon2_verify_single_thread", 1, duration, {
             let state = state.clone();
@@ -744,13 +856,17 @@ async fn soak(args: &Args, server: &Server, seconds: u64) -> anyhow::Result<()> 
     let tokens = login_all(&http, &base, &emails).await?;
     let access: Arc<Vec<String>> = Arc::new(tokens.iter().map(|(a, _)| a.clone()).collect());
     let total = Duration::from_secs(seconds);
+    let run = Run {
+        warmup: Duration::ZERO,
+        duration: total,
+    };
     let me = tokio::spawn(drive(
-        total,
+        run,
         (0..8).collect(),
         me_step(http.clone(), base.clone(), access, 8),
     ));
     let logins = tokio::spawn(drive(
-        total,
+        run,
         (0..4).collect(),
         login_step(http.clone(), base.clone(), Arc::new(emails)),
     ));

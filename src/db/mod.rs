@@ -26,6 +26,10 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings a connection on every checkout by default: one more round trip for
+        // each query, the guard's user load included. Only a connection idle long enough to
+        // have been dropped by the server or a proxy is checked first.
+        .test_before_acquire_if_idle_for(Duration::from_secs(30))
         // Statement logging would put bound values (password hashes) into logs.
         .sqlx_logging(false);
     Database::connect(options).await

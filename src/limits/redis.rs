@@ -2,11 +2,13 @@
 //! with a TTL = the window) and `P` + `rl:backoff:<email>` (a hash: failures, until).
 
 use async_trait::async_trait;
-use deadpool_redis::Pool;
 use redis::Script;
 
 use super::{LimitSettings, LimitStore};
-use crate::session::StoreError;
+use crate::session::{
+    StoreError,
+    redis_client::{RedisClient, RedisConn},
+};
 
 /// KEYS: counter. ARGV: window ms. Returns {count, ms until the window ends}.
 const HIT: &str = r#"
@@ -36,28 +38,25 @@ return {f, delay}
 "#;
 
 pub struct RedisLimits {
-    pool: Pool,
+    redis: RedisClient,
     prefix: String,
     hit: Script,
     fail: Script,
 }
 
 impl RedisLimits {
-    /// Shares the session store's pool.
-    pub fn new(pool: Pool, prefix: &str) -> Self {
+    /// Counters on `redis` (the session store's handle), under `prefix`.
+    pub fn new(redis: RedisClient, prefix: &str) -> Self {
         Self {
-            pool,
+            redis,
             prefix: format!("{prefix}rl:"),
             hit: Script::new(HIT),
             fail: Script::new(FAIL),
         }
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|err| StoreError(err.to_string()))
+    async fn conn(&self) -> Result<RedisConn, StoreError> {
+        self.redis.conn().await
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod redis_client;
 
 /// `last_used_at` is written at most this often per session, to keep the guard's store access
 /// cheap.

@@ -17,11 +17,13 @@
 //! Every operation is one Lua script (one round trip, atomic).
 
 use async_trait::async_trait;
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime};
 use redis::Script;
 use uuid::Uuid;
 
-use super::{NewSession, RotateOutcome, Rotation, SessionInfo, SessionStore, StoreError};
+use super::{
+    NewSession, RotateOutcome, Rotation, SessionInfo, SessionStore, StoreError,
+    redis_client::{RedisClient, RedisConn},
+};
 
 /// Records a session with its two token ids.
 /// KEYS: session, access jti, refresh jti, index. ARGV: user, created, expires, ua, ip,
@@ -126,9 +128,9 @@ end
 return out
 "#;
 
-/// Sessions in Redis through a deadpool-redis pool.
+/// Sessions in Redis.
 pub struct RedisStore {
-    pool: Pool,
+    redis: RedisClient,
     prefix: String,
     create: Script,
     rotate: Script,
@@ -138,41 +140,21 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Builds the pool (connections are made lazily) for `url`, namespacing every key under
-    /// `prefix`.
-    pub fn new(url: &str, prefix: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let mut config = Config::from_url(url);
-        let mut pool_config = PoolConfig::new(pool_size);
-        // A Redis that hangs must not hang requests: fail fast and let the caller answer 503.
-        let limit = Some(std::time::Duration::from_secs(2));
-        pool_config.timeouts.wait = limit;
-        pool_config.timeouts.create = limit;
-        pool_config.timeouts.recycle = limit;
-        config.pool = Some(pool_config);
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|err| StoreError(format!("invalid REDIS_URL: {err}")))?;
-        Ok(Self {
-            pool,
+    /// A store on `redis`, namespacing every key under `prefix`.
+    pub fn new(redis: RedisClient, prefix: &str) -> Self {
+        Self {
+            redis,
             prefix: prefix.to_owned(),
             create: Script::new(CREATE),
             rotate: Script::new(ROTATE),
             is_access_active: Script::new(IS_ACCESS_ACTIVE),
             revoke: Script::new(REVOKE),
             list: Script::new(LIST),
-        })
+        }
     }
 
-    /// The connection pool, shared with the rate limiter.
-    pub fn pool(&self) -> Pool {
-        self.pool.clone()
-    }
-
-    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|err| StoreError(err.to_string()))
+    async fn conn(&self) -> Result<RedisConn, StoreError> {
+        self.redis.conn().await
     }
 
     /// `P{U}`: the prefix and the user's hash tag.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use latchkey::{
-    config::{KeyPaths, KeySource, Settings},
+    config::{KeyPaths, KeySource, RedisAccess, Settings},
     startup::{Application, StartupError},
 };
 
@@ -60,6 +60,15 @@ fn valid_production_settings_are_accepted() {
     assert!(settings.cookie_secure, "Secure is forced on in production");
     assert!(!settings.generate_missing_keys);
     assert!(settings.allowed_origins.is_empty());
+    assert_eq!(
+        settings.redis_access,
+        RedisAccess::Multiplexed,
+        "one shared connection unless REDIS_ACCESS=pooled"
+    );
+    let mut pooled = production_vars();
+    pooled.insert("REDIS_ACCESS".into(), "pooled".into());
+    let pooled = Settings::from_vars(&pooled).expect("accepted");
+    assert_eq!(pooled.redis_access, RedisAccess::Pooled);
 }
 
 #[test]
@@ -155,6 +164,7 @@ fn absurd_lifetimes_prefixes_and_origins_are_refused_everywhere() {
         ("ALLOWED_ORIGINS", "app.example.com", "is not an origin"),
         ("TRUSTED_PROXIES", "10.0.0.0/33", "TRUSTED_PROXIES"),
         ("PORT", "http", "PORT"),
+        ("REDIS_ACCESS", "cluster", "expected multiplexed or pooled"),
     ] {
         for production in [true, false] {
             let mut vars = if production {

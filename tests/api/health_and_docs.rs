@@ -158,6 +158,22 @@ impl OwnRedis {
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(port)
+    }
+
+    /// A new (empty) Redis on the port of this one, after stopping it.
+    fn restart(&mut self) {
+        self.stop();
+        let port = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        *self = Self::start_on(port);
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn start_on(port: u16) -> Self {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -185,8 +201,7 @@ impl OwnRedis {
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -199,8 +214,7 @@ async fn readiness_names_the_session_store_when_redis_is_down() {
     assert_eq!(ready().await.unwrap().status(), StatusCode::OK);
     let user = app.signed_in_user().await;
 
-    redis.child.kill().unwrap();
-    redis.child.wait().unwrap();
+    redis.stop();
     let response = ready().await.unwrap();
     assert!(response.headers().contains_key("retry-after"));
     let body = assert_error(
@@ -232,6 +246,64 @@ async fn readiness_names_the_session_store_when_redis_is_down() {
         "service_unavailable",
     )
     .await;
+}
+
+/// After Redis comes back (empty: it keeps nothing on disk), the service works again without a
+/// restart, whichever way it reaches Redis: the shared multiplexed connection reconnects, the
+/// pool replaces its dead connections.
+async fn service_recovers_when_redis_comes_back(access: latchkey::config::RedisAccess) {
+    let mut redis = OwnRedis::start();
+    let url = redis.url.clone();
+    let app = TestApp::spawn_with(Backend::Embedded, |s| {
+        s.redis_url = Some(url.into());
+        s.redis_access = access;
+    })
+    .await;
+    let before = app.signed_in_user().await;
+    assert_eq!(
+        app.me(&before.tokens().access).await.status(),
+        StatusCode::OK
+    );
+
+    redis.stop();
+    let down = app.me(&before.tokens().access).await;
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    redis.restart();
+    // The first requests after the restart may still meet the dead connection.
+    let mut ready = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..50 {
+        ready = app
+            .client
+            .get(app.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if ready == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, StatusCode::OK, "readiness after Redis came back");
+    // The new Redis is empty: the old session is gone (401, not a pass), new logins work.
+    let old = app.me(&before.tokens().access).await;
+    assert_error(old, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    let after = app.signed_in_user().await;
+    assert_eq!(
+        app.me(&after.tokens().access).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_recovers_when_redis_comes_back_multiplexed() {
+    service_recovers_when_redis_comes_back(latchkey::config::RedisAccess::Multiplexed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_recovers_when_redis_comes_back_pooled() {
+    service_recovers_when_redis_comes_back(latchkey::config::RedisAccess::Pooled).await;
 }
 
 fn spec_path(name: &str) -> std::path::PathBuf {

@@ -1,23 +1,27 @@
 //! One contract suite drives every `SessionStore` implementation: the in-process store and the
-//! Redis store (with a unique key prefix per test).
+//! Redis store (with a unique key prefix per test), over each of its two access patterns.
 
 use std::sync::Arc;
 
-use latchkey::session::{NewSession, RotateOutcome, Rotation, SessionStore, redis::RedisStore};
+use latchkey::{
+    config::RedisAccess,
+    session::{
+        NewSession, RotateOutcome, Rotation, SessionStore, redis::RedisStore,
+        redis_client::RedisClient,
+    },
+};
 use uuid::Uuid;
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn redis_store() -> (Arc<dyn SessionStore>, String) {
+fn redis_store(access: RedisAccess) -> Arc<dyn SessionStore> {
     let url = std::env::var("LATCHKEY_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = format!("latchkey-test:{}:", Uuid::new_v4().simple());
-    (
-        Arc::new(RedisStore::new(&url, &prefix, 4).expect("redis pool")),
-        prefix,
-    )
+    let client = RedisClient::new(&url, access, 4).expect("redis client");
+    Arc::new(RedisStore::new(client, &prefix))
 }
 
 macro_rules! store_contract {
@@ -30,9 +34,13 @@ macro_rules! store_contract {
                 }
 
                 #[tokio::test]
-                async fn redis() {
-                    let (store, _prefix) = super::redis_store();
-                    super::$name(store).await;
+                async fn redis_multiplexed() {
+                    super::$name(super::redis_store(latchkey::config::RedisAccess::Multiplexed)).await;
+                }
+
+                #[tokio::test]
+                async fn redis_pooled() {
+                    super::$name(super::redis_store(latchkey::config::RedisAccess::Pooled)).await;
                 }
             }
         )*
