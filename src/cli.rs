@@ -234,7 +234,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let settings = Settings::from_env()?;
-            let db = db::connect(settings.database_url.expose_secret()).await?;
+            let db = db::connect(
+                settings.database_url.expose_secret(),
+                settings.database_pool_size,
+            )
+            .await?;
             db::migrate(&db).await?;
             println!("migrations applied");
         }
@@ -256,7 +260,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let ((name, email), password) = v
                 .finish(name.zip(email).zip(password))
                 .map_err(|err| anyhow::anyhow!("{}: {:?}", err.message, err.details))?;
-            let db = db::connect(settings.database_url.expose_secret()).await?;
+            let db = db::connect(
+                settings.database_url.expose_secret(),
+                settings.database_pool_size,
+            )
+            .await?;
             db::migrate(&db).await?;
             let hasher = PasswordService::new(
                 settings.argon2,
@@ -293,7 +301,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: UserCommand::SetRole { email, role },
         } => {
             let settings = Settings::from_env()?;
-            let db = db::connect(settings.database_url.expose_secret()).await?;
+            let db = db::connect(
+                settings.database_url.expose_secret(),
+                settings.database_pool_size,
+            )
+            .await?;
             db::migrate(&db).await?;
             let email = crate::api::validate::normalize_email(&email);
             match db::users::set_role(&db, &email, role.into()).await? {

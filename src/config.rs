@@ -125,6 +125,9 @@ pub struct Settings {
     pub port: u16,
     /// The database URL may carry a password: it is a secret and redacted in `Debug`.
     pub database_url: SecretString,
+    /// Most database connections per instance (`DATABASE_POOL_SIZE`); `None`: the backend's
+    /// default (see `db::connect`).
+    pub database_pool_size: Option<u32>,
     /// `None` selects the in-process session store (development only).
     pub redis_url: Option<SecretString>,
     pub redis_key_prefix: String,
@@ -191,6 +194,7 @@ impl fmt::Debug for Settings {
             .field("hash_queue_timeout_ms", &self.hash_queue_timeout_ms)
             .field("limits", &self.limits)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("database_pool_size", &self.database_pool_size)
             .field("redis_access", &self.redis_access)
             .field("redis_pool_size", &self.redis_pool_size)
             .field("jwks_max_age_secs", &self.jwks_max_age_secs)
@@ -339,6 +343,12 @@ impl Settings {
             database_url: database_url.into(),
             redis_url: redis_url.map(Into::into),
             redis_key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "latchkey:".into()),
+            database_pool_size: get("DATABASE_POOL_SIZE")
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| ConfigError::invalid("DATABASE_POOL_SIZE", &v, "a number"))
+                })
+                .transpose()?,
             redis_access,
             redis_pool_size: parse_or(&get, "REDIS_POOL_SIZE", 32)?,
             keys,
@@ -497,6 +507,9 @@ impl Settings {
                  30): running instances must pick up a key rotation within a minute",
                 self.keys_reload_secs
             )));
+        }
+        if self.database_pool_size == Some(0) {
+            return Err(ConfigError("DATABASE_POOL_SIZE must be at least 1".into()));
         }
         if self.redis_pool_size == 0 {
             return Err(ConfigError("REDIS_POOL_SIZE must be at least 1".into()));

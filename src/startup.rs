@@ -75,7 +75,11 @@ impl Application {
                 .await
                 .map_err(anyhow::Error::from)??
         };
-        let db = db::connect(settings.database_url.expose_secret()).await?;
+        let db = db::connect(
+            settings.database_url.expose_secret(),
+            settings.database_pool_size,
+        )
+        .await?;
         db::migrate(&db).await?;
         let (sessions, limit_store): (Arc<dyn SessionStore>, Arc<dyn LimitStore>) =
             match &settings.redis_url {

@@ -18,8 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod http;
+
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use http::Http;
 use latchkey::{
     config::{KeyPaths, KeySource, Settings},
     session::{NewSession, Rotation},
@@ -68,6 +71,9 @@ struct Args {
     /// How the server (and the bare rates) reach Redis: REDIS_ACCESS=multiplexed or pooled.
     #[arg(long, default_value = "multiplexed")]
     redis_access: String,
+    /// The server's DATABASE_POOL_SIZE (unset: its default).
+    #[arg(long)]
+    database_pool_size: Option<u32>,
     /// Also measure the bare rates without HTTP.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     bare: bool,
@@ -101,7 +107,7 @@ fn redis_url() -> String {
 /// The server under test, and what it needs removed afterwards.
 struct Server {
     child: Child,
-    base: String,
+    http: Http,
     dir: tempfile::TempDir,
     database: Option<String>,
     env: HashMap<String, String>,
@@ -139,6 +145,9 @@ async fn start_server(args: &Args) -> anyhow::Result<Server> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    if let Some(n) = args.database_pool_size {
+        env.insert("DATABASE_POOL_SIZE".into(), n.to_string());
+    }
     if let Ok(n) = std::env::var("BENCH_HASH_CONCURRENCY") {
         env.insert("PASSWORD_HASH_CONCURRENCY".into(), n);
     }
@@ -180,22 +189,20 @@ async fn start_server(args: &Args) -> anyhow::Result<Server> {
         .spawn()
         .with_context(|| format!("starting {}", args.server.display()))?;
     let _ = SERVER_PID.set(child.id());
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let http = Http::new(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     let mut child = child;
     for _ in 0..200 {
         if let Some(status) = child.try_wait()? {
             bail!("the server exited during startup: {status}");
         }
-        if client
-            .get(format!("{base}/health/live"))
-            .send()
+        if http
+            .get("/health/live", None)
             .await
-            .is_ok_and(|r| r.status().is_success())
+            .is_ok_and(|r| r.status.is_success())
         {
             return Ok(Server {
                 child,
-                base,
+                http,
                 dir,
                 database,
                 env,
@@ -208,7 +215,7 @@ async fn start_server(args: &Args) -> anyhow::Result<Server> {
 
 async fn run_sql(sql: &str) -> anyhow::Result<()> {
     use sea_orm::ConnectionTrait;
-    let admin = latchkey::db::connect(&database_url()).await?;
+    let admin = latchkey::db::connect(&database_url(), Some(1)).await?;
     admin.execute_unprepared(sql).await?;
     admin.close().await?;
     Ok(())
@@ -377,35 +384,22 @@ where
     (started.elapsed(), total)
 }
 
-fn client(concurrency: usize) -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .expect("http client")
-}
-
 const PASSWORD: &str = "benchmark password";
 
-async fn register(client: &reqwest::Client, base: &str, email: &str) -> bool {
-    client
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"name": "Bench", "email": email, "password": PASSWORD, "password_confirm": PASSWORD}))
-        .send()
+async fn register(http: &Http, email: &str) -> bool {
+    let body = json!({"name": "Bench", "email": email, "password": PASSWORD, "password_confirm": PASSWORD});
+    http.post("/api/v1/auth/register", &body)
         .await
-        .is_ok_and(|r| r.status().as_u16() == 201)
+        .is_ok_and(|r| r.status.as_u16() == 201)
 }
 
-async fn login(client: &reqwest::Client, base: &str, email: &str) -> Option<(String, String)> {
-    let response = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .ok()?;
-    if response.status().as_u16() != 200 {
+async fn login(http: &Http, email: &str) -> Option<(String, String)> {
+    let body = json!({"email": email, "password": PASSWORD});
+    let response = http.post("/api/v1/auth/login", &body).await.ok()?;
+    if response.status.as_u16() != 200 {
         return None;
     }
-    let body: Value = response.json().await.ok()?;
+    let body = response.json()?;
     Some((
         body["access_token"].as_str()?.to_owned(),
         body["refresh_token"].as_str()?.to_owned(),
@@ -413,21 +407,15 @@ async fn login(client: &reqwest::Client, base: &str, email: &str) -> Option<(Str
 }
 
 /// Registers `n` users (concurrently) and returns their emails.
-async fn prepare_users(
-    client: &reqwest::Client,
-    base: &str,
-    n: usize,
-    tag: &str,
-) -> anyhow::Result<Vec<String>> {
+async fn prepare_users(http: &Http, n: usize, tag: &str) -> anyhow::Result<Vec<String>> {
     let emails: Vec<String> = (0..n).map(|i| format!("{tag}-{i}@bench.example")).collect();
     let mut tasks = Vec::new();
     for chunk in emails.chunks(n.div_ceil(16).max(1)) {
-        let client = client.clone();
-        let base = base.to_owned();
+        let http = http.clone();
         let chunk = chunk.to_vec();
         tasks.push(tokio::spawn(async move {
             for email in chunk {
-                if !register(&client, &base, &email).await {
+                if !register(&http, &email).await {
                     return false;
                 }
             }
@@ -442,26 +430,17 @@ async fn prepare_users(
     Ok(emails)
 }
 
-async fn login_all(
-    client: &reqwest::Client,
-    base: &str,
-    emails: &[String],
-) -> anyhow::Result<Vec<(String, String)>> {
+async fn login_all(http: &Http, emails: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for email in emails {
-        out.push(
-            login(client, base, email)
-                .await
-                .context("login while preparing")?,
-        );
+        out.push(login(http, email).await.context("login while preparing")?);
     }
     Ok(out)
 }
 
 async fn scenario(name: &str, args: &Args, server: &Server) -> anyhow::Result<Value> {
-    let base = server.base.clone();
     let c = args.concurrency;
-    let http = client(c);
+    let http = server.http.clone();
     let duration = Run {
         warmup: Duration::from_secs(args.warmup),
         duration: Duration::from_secs(args.duration),
@@ -471,18 +450,11 @@ async fn scenario(name: &str, args: &Args, server: &Server) -> anyhow::Result<Va
             let states = vec![(); c];
             let (elapsed, rec) = drive(duration, states, {
                 let http = http.clone();
-                let url = format!("{base}/health/live");
                 move |()| {
                     let http = http.clone();
-                    let url = url.clone();
                     async move {
-                        (
-                            (),
-                            http.get(&url)
-                                .send()
-                                .await
-                                .is_ok_and(|r| r.status().is_success()),
-                        )
+                        let reply = http.get("/health/live", None).await;
+                        ((), reply.is_ok_and(|r| r.status.is_success()))
                     }
                 }
             })
@@ -490,98 +462,50 @@ async fn scenario(name: &str, args: &Args, server: &Server) -> anyhow::Result<Va
             report(name, args, c, elapsed, rec)
         }
         "me" => {
-            let emails = prepare_users(&http, &base, args.users, "me").await?;
-            let tokens = login_all(&http, &base, &emails).await?;
+            let emails = prepare_users(&http, args.users, "me").await?;
+            let tokens = login_all(&http, &emails).await?;
             let tokens: Arc<Vec<String>> = Arc::new(tokens.into_iter().map(|(a, _)| a).collect());
             let states: Vec<usize> = (0..c).collect();
-            let (elapsed, rec) = drive(
-                duration,
-                states,
-                me_step(http.clone(), base.clone(), tokens, c),
-            )
-            .await;
+            let (elapsed, rec) = drive(duration, states, me_step(http.clone(), tokens, c)).await;
             report(name, args, c, elapsed, rec)
         }
         "refresh" => {
-            let emails = prepare_users(&http, &base, c, "refresh").await?;
-            let chains: Vec<String> = login_all(&http, &base, &emails)
+            let emails = prepare_users(&http, c, "refresh").await?;
+            let chains: Vec<String> = login_all(&http, &emails)
                 .await?
                 .into_iter()
                 .map(|(_, r)| r)
                 .collect();
-            let url = format!("{base}/api/v1/auth/refresh");
-            let (elapsed, rec) = drive(duration, chains, {
-                let http = http.clone();
-                move |token: String| {
-                    let http = http.clone();
-                    let url = url.clone();
-                    async move {
-                        // Each worker always sends its newest refresh token.
-                        let response = http
-                            .post(&url)
-                            .json(&json!({"refresh_token": token}))
-                            .send()
-                            .await;
-                        match response {
-                            Ok(r) if r.status().is_success() => match r.json::<Value>().await {
-                                Ok(body) => match body["refresh_token"].as_str() {
-                                    Some(next) => (next.to_owned(), true),
-                                    None => (token, false),
-                                },
-                                Err(_) => (token, false),
-                            },
-                            _ => (token, false),
-                        }
-                    }
-                }
-            })
-            .await;
+            let (elapsed, rec) = drive(duration, chains, refresh_step(http.clone())).await;
             report(name, args, c, elapsed, rec)
         }
         "login" => {
-            let emails = Arc::new(prepare_users(&http, &base, c, "login").await?);
+            let emails = Arc::new(prepare_users(&http, c, "login").await?);
             let states: Vec<usize> = (0..c).collect();
-            let (elapsed, rec) = drive(
-                duration,
-                states,
-                login_step(http.clone(), base.clone(), emails),
-            )
-            .await;
+            let (elapsed, rec) = drive(duration, states, login_step(http.clone(), emails)).await;
             report(name, args, c, elapsed, rec)
         }
         "register" => {
-            let counter = Arc::new(AtomicU64::new(0));
-            let run = Uuid::new_v4().simple().to_string();
             let states = vec![(); c];
-            let (elapsed, rec) = drive(duration, states, {
-                let http = http.clone();
-                move |()| {
-                    let http = http.clone();
-                    let base = base.clone();
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let email = format!("reg-{run}-{n}@bench.example");
-                    async move { ((), register(&http, &base, &email).await) }
-                }
-            })
-            .await;
+            let (elapsed, rec) = drive(duration, states, register_step(http.clone())).await;
             report(name, args, c, elapsed, rec)
         }
         "me_under_login_flood" => {
             // A few clients read /users/me while `concurrency` clients flood login.
-            let emails = prepare_users(&http, &base, 64, "flood-me").await?;
-            let tokens = login_all(&http, &base, &emails).await?;
+            let emails = prepare_users(&http, 64, "flood-me").await?;
+            let tokens = login_all(&http, &emails).await?;
             let tokens: Arc<Vec<String>> = Arc::new(tokens.into_iter().map(|(a, _)| a).collect());
-            let flood_emails = Arc::new(prepare_users(&http, &base, c, "flood").await?);
+            let flood_emails = Arc::new(prepare_users(&http, c, "flood").await?);
             let flood = tokio::spawn(drive(
                 duration,
                 (0..c).collect(),
-                login_step(client(c), base.clone(), flood_emails),
+                login_step(http.clone(), flood_emails),
             ));
             let readers = 4;
             let (elapsed, rec) = drive(
                 duration,
                 (0..readers).collect(),
-                me_step(http.clone(), base.clone(), tokens, readers),
+                me_step(http.clone(), tokens, readers),
             )
             .await;
             let (flood_elapsed, flood_rec) = flood.await?;
@@ -593,47 +517,64 @@ async fn scenario(name: &str, args: &Args, server: &Server) -> anyhow::Result<Va
     Ok(result)
 }
 
+/// One request of a worker: its next state, and whether it succeeded.
+type Step<S = usize> = std::pin::Pin<Box<dyn std::future::Future<Output = (S, bool)> + Send>>;
+
+/// A refresh chain: each worker always sends its newest refresh token.
+fn refresh_step(http: Http) -> impl Fn(String) -> Step<String> + Clone + Send + Sync + 'static {
+    move |token: String| {
+        let http = http.clone();
+        Box::pin(async move {
+            let body = json!({"refresh_token": token});
+            let next = match http.post("/api/v1/auth/refresh", &body).await {
+                Ok(r) if r.status.is_success() => r
+                    .json()
+                    .and_then(|b| b["refresh_token"].as_str().map(str::to_owned)),
+                _ => None,
+            };
+            match next {
+                Some(next) => (next, true),
+                None => (token, false),
+            }
+        })
+    }
+}
+
+/// Registers a new account per request.
+fn register_step(http: Http) -> impl Fn(()) -> Step<()> + Clone + Send + Sync + 'static {
+    let counter = Arc::new(AtomicU64::new(0));
+    let run = Uuid::new_v4().simple().to_string();
+    move |()| {
+        let http = http.clone();
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let email = format!("reg-{run}-{n}@bench.example");
+        Box::pin(async move { ((), register(&http, &email).await) })
+    }
+}
+
 fn me_step(
-    http: reqwest::Client,
-    base: String,
+    http: Http,
     tokens: Arc<Vec<String>>,
     stride: usize,
-) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = (usize, bool)> + Send>>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    let url = format!("{base}/api/v1/users/me");
+) -> impl Fn(usize) -> Step + Clone + Send + Sync + 'static {
     move |i: usize| {
         let http = http.clone();
-        let url = url.clone();
         let token = tokens[i % tokens.len()].clone();
         Box::pin(async move {
-            let ok = http
-                .get(&url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            (i + stride, ok)
+            let reply = http.get("/api/v1/users/me", Some(&token)).await;
+            (i + stride, reply.is_ok_and(|r| r.status.is_success()))
         })
     }
 }
 
 fn login_step(
-    http: reqwest::Client,
-    base: String,
+    http: Http,
     emails: Arc<Vec<String>>,
-) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = (usize, bool)> + Send>>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
+) -> impl Fn(usize) -> Step + Clone + Send + Sync + 'static {
     move |i: usize| {
         let http = http.clone();
-        let base = base.clone();
         let email = emails[i % emails.len()].clone();
-        Box::pin(async move { (i, login(&http, &base, &email).await.is_some()) })
+        Box::pin(async move { (i, login(&http, &email).await.is_some()) })
     }
 }
 
@@ -847,14 +788,15 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Mixed traffic (me, refresh, login, register) for `seconds`, sampling the server's RSS.
-async fn soak(args: &Args, server: &Server, seconds: u64) -> anyhow::Result<()> {
+/// Mixed traffic for `seconds`, sampling the server's RSS every 10 s: 8 clients on
+/// `/users/me`, 2 refresh chains, 2 clients logging in and 1 registering.
+async fn soak(server: &Server, seconds: u64) -> anyhow::Result<()> {
     let pid = server.child.id();
-    let http = client(args.concurrency);
-    let base = server.base.clone();
-    let emails = prepare_users(&http, &base, 128, "soak").await?;
-    let tokens = login_all(&http, &base, &emails).await?;
+    let http = server.http.clone();
+    let emails = prepare_users(&http, 128, "soak").await?;
+    let tokens = login_all(&http, &emails).await?;
     let access: Arc<Vec<String>> = Arc::new(tokens.iter().map(|(a, _)| a.clone()).collect());
+    let chains: Vec<String> = tokens.iter().take(2).map(|(_, r)| r.clone()).collect();
     let total = Duration::from_secs(seconds);
     let run = Run {
         warmup: Duration::ZERO,
@@ -863,13 +805,15 @@ async fn soak(args: &Args, server: &Server, seconds: u64) -> anyhow::Result<()> 
     let me = tokio::spawn(drive(
         run,
         (0..8).collect(),
-        me_step(http.clone(), base.clone(), access, 8),
+        me_step(http.clone(), access, 8),
     ));
     let logins = tokio::spawn(drive(
         run,
-        (0..4).collect(),
-        login_step(http.clone(), base.clone(), Arc::new(emails)),
+        (0..2).collect(),
+        login_step(http.clone(), Arc::new(emails)),
     ));
+    let refreshes = tokio::spawn(drive(run, chains, refresh_step(http.clone())));
+    let registers = tokio::spawn(drive(run, vec![()], register_step(http.clone())));
     let mut samples = Vec::new();
     let started = Instant::now();
     while started.elapsed() < total {
@@ -884,6 +828,8 @@ async fn soak(args: &Args, server: &Server, seconds: u64) -> anyhow::Result<()> 
     }
     let (_, me_rec) = me.await?;
     let (_, login_rec) = logins.await?;
+    let (_, refresh_rec) = refreshes.await?;
+    let (_, register_rec) = registers.await?;
     let after_warmup = samples.get(samples.len() / 5..).unwrap_or(&samples);
     let (min, max) = (
         after_warmup.iter().min().copied().unwrap_or(0),
@@ -900,7 +846,9 @@ async fn soak(args: &Args, server: &Server, seconds: u64) -> anyhow::Result<()> 
             "spread_pct": if min > 0 { ((max - min) as f64 * 100.0 / min as f64 * 10.0).round() / 10.0 } else { 0.0 },
             "me_requests": me_rec.micros.len(),
             "login_requests": login_rec.micros.len(),
-            "errors": me_rec.errors + login_rec.errors,
+            "refresh_requests": refresh_rec.micros.len(),
+            "register_requests": register_rec.micros.len(),
+            "errors": me_rec.errors + login_rec.errors + refresh_rec.errors + register_rec.errors,
         })
     );
     Ok(())
@@ -961,7 +909,7 @@ async fn main() -> anyhow::Result<()> {
     let server = start_server(&args).await?;
     let result = async {
         if let Some(seconds) = args.soak {
-            soak(&args, &server, seconds).await?;
+            soak(&server, seconds).await?;
             memory_store_cost().await?;
             return Ok(());
         }

@@ -165,6 +165,8 @@ fn absurd_lifetimes_prefixes_and_origins_are_refused_everywhere() {
         ("TRUSTED_PROXIES", "10.0.0.0/33", "TRUSTED_PROXIES"),
         ("PORT", "http", "PORT"),
         ("REDIS_ACCESS", "cluster", "expected multiplexed or pooled"),
+        ("DATABASE_POOL_SIZE", "0", "must be at least 1"),
+        ("DATABASE_POOL_SIZE", "many", "DATABASE_POOL_SIZE"),
     ] {
         for production in [true, false] {
             let mut vars = if production {
@@ -284,4 +286,29 @@ async fn development_generates_missing_keys_into_the_key_dir() {
     // A second generation without --force refuses to overwrite.
     let again = latchkey::auth::keys::generate_key_dir(&dir.path().join("keys"), 2048, false);
     assert!(again.unwrap_err().contains("--force"));
+}
+
+#[tokio::test]
+async fn database_pool_size_bounds_the_connections_of_an_instance() {
+    use crate::helpers::{Backend, TestApp};
+    let sized =
+        TestApp::spawn_with(Backend::PostgresRedis, |s| s.database_pool_size = Some(3)).await;
+    let pool = sized.state.db.get_postgres_connection_pool();
+    assert_eq!(pool.options().get_max_connections(), 3);
+    let default = TestApp::spawn(Backend::PostgresRedis).await;
+    let pool = default.state.db.get_postgres_connection_pool();
+    assert_eq!(
+        pool.options().get_max_connections(),
+        latchkey::db::default_postgres_pool_size()
+    );
+    assert!(latchkey::db::default_postgres_pool_size() >= 4);
+    // A pool of 3 serves many more concurrent requests than it has connections.
+    let user = sized.signed_in_user().await;
+    let token = user.tokens().access.clone();
+    let answers = futures_util::future::join_all((0..24).map(|_| sized.me(&token))).await;
+    assert!(
+        answers
+            .iter()
+            .all(|r| r.status() == reqwest::StatusCode::OK)
+    );
 }
