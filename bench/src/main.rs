@@ -3,9 +3,9 @@
 //! It starts the release `latchkey` binary itself (optionally pinned with `taskset`), prepares
 //! users and sessions over HTTP, then runs each scenario for a fixed duration and concurrency
 //! and prints one JSON line per scenario. In the same run it measures the bare rates of the
-//! same work without HTTP, through the library: RS256 verify and sign, the guard pipeline
-//! (verify + session lookup + user load, through the same kind of pools), the rotation step and
-//! argon2 verify.
+//! same work without HTTP, through the library (`bare`): RS256 verify and sign, the guard
+//! pipeline (verify + session lookup + user load, through the same kind of pools), the rotation
+//! step and argon2 verify; and prints each target of issue 10 with its ratio.
 
 use std::{
     collections::HashMap,
@@ -18,16 +18,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod bare;
 mod http;
+mod load;
 
 use anyhow::{Context, bail};
+use bare::{Bare, Measured};
 use clap::{Parser, ValueEnum};
 use http::Http;
-use latchkey::{
-    config::{KeyPaths, KeySource, Settings},
-    session::{NewSession, Rotation},
-    startup::Application,
-};
+use latchkey::session::NewSession;
+use load::{Recorder, Run, SERVER_PID, drive};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -221,62 +221,6 @@ async fn run_sql(sql: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Latencies of one scenario, and the CPU time it took.
-#[derive(Default)]
-struct Recorder {
-    micros: Vec<u32>,
-    errors: u64,
-    cpu: CpuUsage,
-}
-
-/// The server under test, for CPU accounting (set once it has started).
-static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-
-/// CPU seconds spent during a scenario: by the server process (all its threads, user +
-/// system; not the kernel's network softirq work) and by the whole machine (every CPU's
-/// non-idle time: the server, PostgreSQL, Redis, the load generator and the kernel).
-#[derive(Default, Clone, Copy)]
-struct CpuUsage {
-    server_s: f64,
-    machine_s: f64,
-}
-
-/// /proc counts CPU time in USER_HZ ticks, which Linux fixes at 100 per second.
-const TICKS_PER_S: f64 = 100.0;
-
-/// (server CPU seconds, machine busy CPU seconds) so far.
-fn cpu_now() -> (f64, f64) {
-    let hz = TICKS_PER_S;
-    let server = SERVER_PID
-        .get()
-        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .and_then(|stat| {
-            // Fields after the command name: state is 3rd overall, utime 14th, stime 15th.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / hz)
-        })
-        .unwrap_or(0.0);
-    let machine = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|stat| {
-            let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-            let ticks: Vec<f64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|t| t.parse().ok())
-                .collect();
-            // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
-            let total: f64 = ticks.iter().take(8).sum();
-            let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
-            Some((total - idle) / hz)
-        })
-        .unwrap_or(0.0);
-    (server, machine)
-}
-
 fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
@@ -321,70 +265,7 @@ fn report(
     line
 }
 
-/// How long a load runs.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    warmup: Duration,
-    duration: Duration,
-}
-
-/// Runs `workers` loops of `step` until `duration` passes; each loop owns its state.
-/// The first `run.warmup` is not recorded: connections are opened and caches filled then.
-async fn drive<S, F, Fut>(run: Run, states: Vec<S>, step: F) -> (Duration, Recorder)
-where
-    S: Send + 'static,
-    F: Fn(S) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = (S, bool)> + Send,
-{
-    let started = Instant::now() + run.warmup;
-    let deadline = started + run.duration;
-    let mut tasks = Vec::new();
-    for state in states {
-        let step = step.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut rec = Recorder::default();
-            let mut state = state;
-            // Each worker watches the clock itself: a synchronous operation (a bare verify)
-            // would keep a single runtime thread too busy for a timer elsewhere to stop it.
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                let (next, ok) = step(state).await;
-                state = next;
-                if t < started {
-                    continue;
-                }
-                if ok {
-                    rec.micros
-                        .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                } else {
-                    rec.errors += 1;
-                }
-            }
-            rec
-        }));
-    }
-    // Without a warm-up (the bare rates keep the one runtime thread busy, so a timer would
-    // fire late) the start is now.
-    if !run.warmup.is_zero() {
-        tokio::time::sleep_until(started.into()).await;
-    }
-    let cpu_at_start = cpu_now();
-    let mut total = Recorder::default();
-    for task in tasks {
-        if let Ok(rec) = task.await {
-            total.micros.extend(rec.micros);
-            total.errors += rec.errors;
-        }
-    }
-    let cpu_at_end = cpu_now();
-    total.cpu = CpuUsage {
-        server_s: cpu_at_end.0 - cpu_at_start.0,
-        machine_s: cpu_at_end.1 - cpu_at_start.1,
-    };
-    (started.elapsed(), total)
-}
-
-const PASSWORD: &str = "benchmark password";
+pub(crate) const PASSWORD: &str = "benchmark password";
 
 async fn register(http: &Http, email: &str) -> bool {
     let body = json!({"name": "Bench", "email": email, "password": PASSWORD, "password_confirm": PASSWORD});
@@ -578,205 +459,6 @@ fn login_step(
     }
 }
 
-/// Counts how many times `op` completes in `duration` on `threads` concurrent tasks.
-async fn rate<F, Fut>(name: &str, threads: usize, duration: Run, op: F) -> Value
-where
-    F: Fn() -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let (elapsed, rec) = drive(duration, vec![(); threads], move |()| {
-        let op = op.clone();
-        async move { ((), op().await) }
-    })
-    .await;
-    bare_report(name, threads, elapsed, &rec)
-}
-
-/// One JSON line for a bare rate.
-fn bare_report(name: &str, concurrency: usize, elapsed: Duration, rec: &Recorder) -> Value {
-    let n = rec.micros.len();
-    let line = json!({
-        "bare": name,
-        "concurrency": concurrency,
-        "ops": n,
-        "ops_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
-        "errors": rec.errors,
-        "machine_cpu_us_per_op": if n == 0 { 0.0 } else { (rec.cpu.machine_s * 1e7 / n as f64).round() / 10.0 },
-    });
-    println!("{line}");
-    line
-}
-
-/// The same work without HTTP, through the library, against the same backends.
-async fn bare_rates(args: &Args, server: &Server) -> anyhow::Result<Vec<Value>> {
-    let mut vars = server.env.clone();
-    vars.insert("PORT".into(), "0".into());
-    let mut settings = Settings::from_vars(&vars)?;
-    settings.keys = KeySource::Files(KeyPaths::in_dir(server.dir.path().join("keys")));
-    if args.backend == Backend::Postgres {
-        settings.redis_key_prefix = format!("latchkey-bench-bare:{}:", Uuid::new_v4().simple());
-    }
-    eprintln!("bench: building the in-process application for the bare rates");
-    let app = Application::build(settings).await?;
-    let state = app.state().clone();
-    eprintln!("bench: measuring bare rates");
-    let duration = Run {
-        warmup: Duration::ZERO,
-        duration: Duration::from_secs(args.duration.clamp(2, 5)),
-    };
-    // Operations that wait on PostgreSQL or Redis yield, so a warm-up timer fires on time.
-    let io_bound = Run {
-        warmup: Duration::from_secs(args.warmup),
-        ..duration
-    };
-    let mut out = Vec::new();
-
-    // A real user with a live session, as the guard sees it.
-    let email = format!("bare-{}@bench.example", Uuid::new_v4().simple());
-    let hash = state.passwords.hash(PASSWORD.to_owned().into()).await?;
-    let user = latchkey::db::users::insert(
-        &state.db,
-        latchkey::db::users::NewUser {
-            name: "Bare".into(),
-            email,
-            password_hash: hash.clone(),
-            role: latchkey::db::entities::user::Role::User,
-        },
-    )
-    .await?;
-    let sid = Uuid::new_v4();
-    let pair = state.tokens.issue_pair(user.id, "user", sid).await?;
-    state
-        .sessions
-        .create(NewSession::for_pair(&pair, None, None))
-        .await?;
-    let access = Arc::new(pair.access_token.clone());
-
-    out.push(
-        rate("rs256_verify", 1, duration, {
-            let state = state.clone();
-            let access = access.clone();
-            move || {
-                let ok = state.tokens.verify_access(&access).is_ok();
-                async move { ok }
-            }
-        })
-        .await,
-    );
-    out.push(
-        rate("sign_pair_2_tokens", 1, duration, {
-            let state = state.clone();
-            move || {
-                let state = state.clone();
-                async move {
-                    state
-                        .tokens
-                        .issue_pair(Uuid::new_v4(), "user", Uuid::new_v4())
-                        .await
-                        .is_ok()
-                }
-            }
-        })
-        .await,
-    );
-    out.push(
-        rate("guard_pipeline", args.concurrency, io_bound, {
-            let state = state.clone();
-            let access = access.clone();
-            move || {
-                let state = state.clone();
-                let access = access.clone();
-                async move {
-                    let req = poem::Request::builder()
-                        .header("Authorization", format!("Bearer {access}"))
-                        .finish();
-                    latchkey::auth::guard::authenticate(&state, &req)
-                        .await
-                        .is_ok()
-                }
-            }
-        })
-        .await,
-    );
-    // The rotation step alone: one session per task, each rotating its own chain.
-    let mut chains = Vec::new();
-    for _ in 0..args.concurrency {
-        let (sid, refresh_jti) = (Uuid::new_v4(), Uuid::new_v4());
-        let now = chrono::Utc::now().timestamp();
-        state
-            .sessions
-            .create(NewSession {
-                id: sid,
-                user_id: user.id,
-                user_agent: None,
-                ip: None,
-                created_at: now,
-                access_jti: Uuid::new_v4(),
-                access_exp: now + 900,
-                refresh_jti,
-                refresh_exp: now + 3600,
-            })
-            .await?;
-        chains.push((sid, refresh_jti));
-    }
-    let (elapsed, rec) = drive(io_bound, chains, {
-        let state = state.clone();
-        let user_id = user.id;
-        move |(sid, current): (Uuid, Uuid)| {
-            let state = state.clone();
-            async move {
-                let now = chrono::Utc::now().timestamp();
-                let next = Uuid::new_v4();
-                let outcome = state
-                    .sessions
-                    .rotate(Rotation {
-                        user_id,
-                        session_id: sid,
-                        presented_refresh_jti: current,
-                        new_access_jti: Uuid::new_v4(),
-                        new_access_exp: now + 900,
-                        new_refresh_jti: next,
-                        new_refresh_exp: now + 3600,
-                        now,
-                        grace_secs: 10,
-                        grace_payload: "{}".into(),
-                    })
-                    .await;
-                match outcome {
-                    Ok(latchkey::session::RotateOutcome::Rotated) => ((sid, next), true),
-                    _ => ((sid, current), false),
-                }
-            }
-        }
-    })
-    .await;
-    out.push(bare_report(
-        "rotation_step",
-        args.concurrency,
-        elapsed,
-        &rec,
-    ));
-    out.push(
-        rate("argon2_verify_single_thread", 1, duration, {
-            let state = state.clone();
-            let hash = hash.clone();
-            move || {
-                let state = state.clone();
-                let hash = hash.clone();
-                async move {
-                    state
-                        .passwords
-                        .verify(PASSWORD.to_owned().into(), Some(hash))
-                        .await
-                        .unwrap_or(false)
-                }
-            }
-        })
-        .await,
-    );
-    Ok(out)
-}
-
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -854,6 +536,138 @@ async fn soak(server: &Server, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each scenario, each between two halves of its bare counterpart; then the other bare rates
+/// and the targets.
+async fn run_scenarios(args: &Args, server: &Server) -> anyhow::Result<()> {
+    let bare = match args.bare {
+        true => Some(
+            Bare::build(
+                &server.env,
+                &server.dir.path().join("keys"),
+                args.backend == Backend::Postgres,
+                args.concurrency,
+                Duration::from_secs(args.warmup),
+            )
+            .await?,
+        ),
+        false => None,
+    };
+    let half = Duration::from_secs(args.duration.clamp(2, 10)).div_f64(2.0);
+    let mut scenarios = HashMap::new();
+    let mut paired: Vec<(String, &'static str, Measured)> = Vec::new();
+    for name in args
+        .scenarios
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let counterpart = bare.as_ref().zip(bare::counterpart(name));
+        let mut around = Measured::default();
+        if let Some((bare, counterpart)) = counterpart {
+            bare.measure(counterpart, half, &mut around).await?;
+        }
+        scenarios.insert(name.to_owned(), scenario(name, args, server).await?);
+        if let Some((bare, counterpart)) = counterpart {
+            bare.measure(counterpart, half, &mut around).await?;
+            paired.push((name.to_owned(), counterpart, around));
+        }
+    }
+    let Some(bare) = bare else { return Ok(()) };
+    eprintln!("bench: measuring bare rates");
+    let mut rates = HashMap::new();
+    for name in bare::ALL {
+        let mut total = Measured::default();
+        for (_, counterpart, around) in &paired {
+            if *counterpart == name {
+                total.merge(around);
+            }
+        }
+        if total.ops == 0 {
+            bare.measure(name, half * 2, &mut total).await?;
+        }
+        rates.insert(name, bare.report(name, &total));
+    }
+    print_targets(args, &scenarios, &rates, &paired);
+    Ok(())
+}
+
+/// The CPUs the server is pinned to (`--server-cpus`, taskset syntax), or all of them.
+fn server_cores(args: &Args) -> usize {
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if args.server_cpus.trim().is_empty() {
+        return all;
+    }
+    args.server_cpus
+        .split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 1,
+            },
+            None => 1,
+        })
+        .sum::<usize>()
+        .max(1)
+}
+
+/// Issue 10's targets, each a ratio of a scenario to the bare rate measured around it.
+fn print_targets(
+    args: &Args,
+    scenarios: &HashMap<String, Value>,
+    rates: &HashMap<&str, Value>,
+    paired: &[(String, &'static str, Measured)],
+) {
+    let cores = server_cores(args);
+    // The server's PASSWORD_HASH_CONCURRENCY: its default is its number of cores.
+    let hash_concurrency = std::env::var("BENCH_HASH_CONCURRENCY")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(cores);
+    for (name, counterpart, around) in paired {
+        let Some(rps) = scenarios.get(name).and_then(|s| s["rps"].as_f64()) else {
+            continue;
+        };
+        let bare = around.ops_per_s();
+        let (ceiling, required, of) = match name.as_str() {
+            "me" => (bare, 0.70, "the bare guard pipeline".to_owned()),
+            "refresh" => (
+                cores as f64 * bare,
+                0.60,
+                format!("{cores} core(s) x the signing rate / 2 (pairs/s)"),
+            ),
+            _ => (
+                hash_concurrency as f64 * bare,
+                0.85,
+                format!("{hash_concurrency} hash slot(s) x the single-thread argon2 rate"),
+            ),
+        };
+        let ratio = if ceiling > 0.0 { rps / ceiling } else { 0.0 };
+        println!(
+            "{}",
+            json!({
+                "target": name,
+                "rps": rps,
+                "bare": counterpart,
+                "bare_ops_per_s_around": bare.round(),
+                "ceiling": ceiling.round(),
+                "of": of,
+                "ratio": (ratio * 1000.0).round() / 1000.0,
+                "required": required,
+                "met": ratio >= required,
+            })
+        );
+    }
+    let errors: u64 = scenarios
+        .values()
+        .chain(rates.values())
+        .filter_map(|line| line["errors"].as_u64())
+        .sum();
+    println!(
+        "{}",
+        json!({"target": "errors", "total": errors, "required": 0, "met": errors == 0})
+    );
+}
+
 /// What one session costs the in-process store, measured on this process's RSS.
 async fn memory_store_cost() -> anyhow::Result<Value> {
     use latchkey::session::{SessionStore, memory::MemoryStore};
@@ -913,18 +727,7 @@ async fn main() -> anyhow::Result<()> {
             memory_store_cost().await?;
             return Ok(());
         }
-        for name in args
-            .scenarios
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            scenario(name, &args, &server).await?;
-        }
-        if args.bare {
-            bare_rates(&args, &server).await?;
-        }
-        anyhow::Ok(())
+        run_scenarios(&args, &server).await
     }
     .await;
     cleanup(server).await;
