@@ -14,7 +14,8 @@
 //!                         pair, as claims); EXPIRE = the grace window
 //! ```
 //!
-//! Every operation is one Lua script (one round trip, atomic).
+//! Every write is one Lua script (one round trip, atomic). The guard's check is two plain reads
+//! in one pipelined round trip (see `is_access_active`).
 
 use async_trait::async_trait;
 use redis::Script;
@@ -77,15 +78,10 @@ redis.call('EXPIREAT', KEYS[2], redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORE
 return {'rotated'}
 "#;
 
-/// Is the access jti live for this session? Records the use (at most once per resolution).
-/// KEYS: jti key, session. ARGV: sid, jti, now, resolution seconds.
-const IS_ACCESS_ACTIVE: &str = r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local s = redis.call('HMGET', KEYS[2], 'access_jti', 'last_used_at')
-if s[1] ~= ARGV[2] then return 0 end
-if tonumber(ARGV[3]) - tonumber(s[2] or 0) >= tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[2], 'last_used_at', ARGV[3])
-end
+/// Records a use in `last_used_at`, but only in a session that still exists: a touch that
+/// arrives after a revocation must not recreate the session's hash. KEYS: session. ARGV: now.
+const TOUCH: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'last_used_at', ARGV[1]) end
 return 1
 "#;
 
@@ -134,7 +130,7 @@ pub struct RedisStore {
     prefix: String,
     create: Script,
     rotate: Script,
-    is_access_active: Script,
+    touch: Script,
     revoke: Script,
     list: Script,
 }
@@ -147,7 +143,7 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             create: Script::new(CREATE),
             rotate: Script::new(ROTATE),
-            is_access_active: Script::new(IS_ACCESS_ACTIVE),
+            touch: Script::new(TOUCH),
             revoke: Script::new(REVOKE),
             list: Script::new(LIST),
         }
@@ -234,19 +230,36 @@ impl SessionStore for RedisStore {
         session_id: Uuid,
         jti: Uuid,
     ) -> Result<bool, StoreError> {
+        // The guard's hot path: two plain reads in one round trip, no script. (A script costs
+        // Redis ~3x the CPU of the two reads it would run.) Reading the two keys one after the
+        // other is still exact: rotation and revocation change the jti key and the session's
+        // `access_jti` in one atomic script, so "live" can only be answered while the session
+        // still pointed at this jti when it was read.
         let mut conn = self.conn().await?;
-        let live: i64 = self
-            .is_access_active
-            .key(format!("{}{}", self.jti_prefix(user_id), jti))
-            .key(format!("{}{}", self.session_prefix(user_id), session_id))
-            .arg(session_id.to_string())
-            .arg(jti.to_string())
-            .arg(chrono::Utc::now().timestamp())
-            .arg(super::LAST_USED_RESOLUTION_SECS)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(to_store)?;
-        Ok(live == 1)
+        let session_key = format!("{}{}", self.session_prefix(user_id), session_id);
+        let (owner, (current, last_used)): (Option<String>, (Option<String>, Option<i64>)) =
+            redis::pipe()
+                .get(format!("{}{}", self.jti_prefix(user_id), jti))
+                .cmd("HMGET")
+                .arg(&session_key)
+                .arg("access_jti")
+                .arg("last_used_at")
+                .query_async(&mut conn)
+                .await
+                .map_err(to_store)?;
+        let live = owner.is_some_and(|sid| sid == session_id.to_string())
+            && current.is_some_and(|current| current == jti.to_string());
+        let now = chrono::Utc::now().timestamp();
+        if live && now - last_used.unwrap_or(0) >= super::LAST_USED_RESOLUTION_SECS {
+            let _: i64 = self
+                .touch
+                .key(session_key)
+                .arg(now)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(to_store)?;
+        }
+        Ok(live)
     }
 
     async fn rotate(&self, r: Rotation) -> Result<RotateOutcome, StoreError> {

@@ -59,6 +59,7 @@ store_contract!(
     the_last_rotated_away_jti_gets_the_same_payload_within_the_grace_window,
     grace_ends_with_its_window,
     revoke_all_can_keep_one_session,
+    a_use_is_recorded_in_last_used_at_and_never_revives_a_revoked_session,
 );
 
 fn new_session(user_id: Uuid, access_ttl: i64, refresh_ttl: i64) -> NewSession {
@@ -402,5 +403,46 @@ async fn revoke_all_can_keep_one_session(store: Arc<dyn SessionStore>) {
             .is_access_active(user, other.id, other.access_jti)
             .await
             .unwrap()
+    );
+}
+
+async fn a_use_is_recorded_in_last_used_at_and_never_revives_a_revoked_session(
+    store: Arc<dyn SessionStore>,
+) {
+    // A session last used two minutes ago (longer than the recording resolution).
+    let mut s = new_session(Uuid::new_v4(), 900, 3600);
+    s.created_at = now() - 120;
+    store.create(s.clone()).await.unwrap();
+    let listed = store.list(s.user_id).await.unwrap();
+    assert_eq!(listed[0].last_used_at, s.created_at);
+
+    assert!(
+        store
+            .is_access_active(s.user_id, s.id, s.access_jti)
+            .await
+            .unwrap()
+    );
+    let listed = store.list(s.user_id).await.unwrap();
+    assert!(
+        listed[0].last_used_at >= now() - 1,
+        "last_used_at {} after a use at {}",
+        listed[0].last_used_at,
+        now()
+    );
+    assert_eq!(listed[0].created_at, s.created_at);
+    assert_eq!(listed[0].expires_at, s.refresh_exp);
+
+    // A refused check records nothing, and a revoked session stays gone.
+    assert!(store.revoke(s.user_id, s.id).await.unwrap());
+    assert!(
+        !store
+            .is_access_active(s.user_id, s.id, s.access_jti)
+            .await
+            .unwrap()
+    );
+    assert!(store.list(s.user_id).await.unwrap().is_empty());
+    assert!(
+        !store.revoke(s.user_id, s.id).await.unwrap(),
+        "already revoked"
     );
 }
