@@ -478,7 +478,13 @@ async fn soak(server: &Server, seconds: u64) -> anyhow::Result<()> {
     let emails = prepare_users(&http, 128, "soak").await?;
     let tokens = login_all(&http, &emails).await?;
     let access: Arc<Vec<String>> = Arc::new(tokens.iter().map(|(a, _)| a.clone()).collect());
-    let chains: Vec<String> = tokens.iter().take(2).map(|(_, r)| r.clone()).collect();
+    // The refresh chains get sessions of their own: a rotation ends the access token of its
+    // session, which the `/users/me` clients must keep using.
+    let chains: Vec<String> = login_all(&http, &emails[..2])
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
     let total = Duration::from_secs(seconds);
     let run = Run {
         warmup: Duration::ZERO,
@@ -531,6 +537,12 @@ async fn soak(server: &Server, seconds: u64) -> anyhow::Result<()> {
             "refresh_requests": refresh_rec.micros.len(),
             "register_requests": register_rec.micros.len(),
             "errors": me_rec.errors + login_rec.errors + refresh_rec.errors + register_rec.errors,
+            "errors_by_kind": {
+                "me": me_rec.errors,
+                "login": login_rec.errors,
+                "refresh": refresh_rec.errors,
+                "register": register_rec.errors,
+            },
         })
     );
     Ok(())
