@@ -3,7 +3,8 @@
 //!
 //! An HTTP scenario with a target (issue 10) is measured between two halves of its bare
 //! counterpart, one just before and one just after, so that a slower or faster phase of the
-//! machine moves both sides of the ratio alike.
+//! machine moves both sides of the ratio alike. Each bare rate runs on the server's CPUs
+//! (the server idle meanwhile), so that both sides of a ratio ran on the same core.
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
@@ -22,6 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     PASSWORD,
+    cpus::Pinned,
     load::{Recorder, Run, drive},
 };
 
@@ -83,6 +85,8 @@ pub struct Bare {
     user_id: Uuid,
     concurrency: usize,
     warmup: Duration,
+    /// The server's CPUs: each bare rate is measured there (see `cpus`).
+    cpus: Option<Vec<usize>>,
 }
 
 impl Bare {
@@ -93,6 +97,7 @@ impl Bare {
         own_redis_prefix: bool,
         concurrency: usize,
         warmup: Duration,
+        cpus: Option<Vec<usize>>,
     ) -> anyhow::Result<Self> {
         let mut vars = env.clone();
         vars.insert("PORT".into(), "0".into());
@@ -131,6 +136,7 @@ impl Bare {
             user_id: user.id,
             concurrency,
             warmup,
+            cpus,
         })
     }
 
@@ -151,6 +157,7 @@ impl Bare {
         into: &mut Measured,
     ) -> anyhow::Result<()> {
         let tasks = self.concurrency_of(name);
+        let _on_server_cpus = self.cpus.as_deref().map(Pinned::to).transpose()?;
         // Work that waits on PostgreSQL or Redis yields, so its warm-up timer fires on time;
         // a single busy thread would not let it (see `drive`).
         let run = |warmup| Run { warmup, duration };

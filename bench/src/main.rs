@@ -19,6 +19,7 @@ use std::{
 };
 
 mod bare;
+mod cpus;
 mod http;
 mod load;
 
@@ -559,6 +560,7 @@ async fn run_scenarios(args: &Args, server: &Server) -> anyhow::Result<()> {
                 args.backend == Backend::Postgres,
                 args.concurrency,
                 Duration::from_secs(args.warmup),
+                cpus::parse(&args.server_cpus)?,
             )
             .await?,
         ),
@@ -603,23 +605,12 @@ async fn run_scenarios(args: &Args, server: &Server) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The CPUs the server is pinned to (`--server-cpus`, taskset syntax), or all of them.
+/// How many CPUs the server is pinned to (`--server-cpus`), or all of them.
 fn server_cores(args: &Args) -> usize {
-    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if args.server_cpus.trim().is_empty() {
-        return all;
+    match cpus::parse(&args.server_cpus) {
+        Ok(Some(cpus)) => cpus.len(),
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
     }
-    args.server_cpus
-        .split(',')
-        .map(|part| match part.split_once('-') {
-            Some((a, b)) => match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
-                (Ok(a), Ok(b)) if b >= a => b - a + 1,
-                _ => 1,
-            },
-            None => 1,
-        })
-        .sum::<usize>()
-        .max(1)
 }
 
 /// Issue 10's targets, each a ratio of a scenario to the bare rate measured around it.
