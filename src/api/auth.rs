@@ -200,9 +200,7 @@ impl AuthApi {
 
         // Limits and backoff come before any hashing.
         let limits = &state.limits;
-        limits.check(Rule::LoginPerIp, &ip_key(&state, req)).await?;
-        limits.check(Rule::LoginPerAccount, &email).await?;
-        limits.check_backoff(&email).await?;
+        let attempt = limits.check_login(&ip_key(&state, req), &email).await?;
 
         // An address no account can have (control characters would also break PostgreSQL
         // text) is simply unknown: same answer, same cost.
@@ -238,7 +236,7 @@ impl AuthApi {
                 ));
             }
         };
-        limits.login_succeeded(&email).await?;
+        limits.login_succeeded(attempt).await?;
         let user = if state.passwords.needs_rehash(&user.password_hash) {
             // The configured argon2 cost changed since this hash was made: upgrade it now that
             // the password is at hand.

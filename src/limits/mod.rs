@@ -122,6 +122,60 @@ pub trait LimitStore: Send + Sync + 'static {
 
     /// Forgets the failures behind `key`.
     async fn reset(&self, key: &str) -> Result<(), StoreError>;
+
+    /// The checks before a login's hash, in order, as one atomic step: charges the IP, then
+    /// (only if the IP is within its limit) the account, then reads the account's backoff.
+    /// A store that can do this in one round trip overrides it.
+    async fn login_gate(&self, gate: &LoginGate<'_>) -> Result<GateOutcome, StoreError> {
+        let (count, reset_ms) = self.hit(gate.ip_key, gate.ip.window_secs).await?;
+        if count > gate.ip.limit {
+            return Ok(GateOutcome::IpLimited { reset_ms });
+        }
+        let (count, reset_ms) = self.hit(gate.account_key, gate.account.window_secs).await?;
+        if count > gate.account.limit {
+            return Ok(GateOutcome::AccountLimited { reset_ms });
+        }
+        Ok(
+            match self.backoff_wait(gate.backoff_key, gate.now_ms).await? {
+                Some(wait_ms) => GateOutcome::BackingOff { wait_ms },
+                // Without a cheap way to tell whether failures are on record, assume they are.
+                None => GateOutcome::Open {
+                    failures_on_record: true,
+                },
+            },
+        )
+    }
+}
+
+/// What `LimitStore::login_gate` checks.
+pub struct LoginGate<'a> {
+    pub ip_key: &'a str,
+    pub ip: Rate,
+    pub account_key: &'a str,
+    pub account: Rate,
+    pub backoff_key: &'a str,
+    pub now_ms: u64,
+}
+
+/// What `LimitStore::login_gate` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateOutcome {
+    /// The IP is over its login limit; the account was not charged.
+    IpLimited { reset_ms: u64 },
+    /// The account is over its login limit.
+    AccountLimited { reset_ms: u64 },
+    /// The account must still wait after failed logins.
+    BackingOff { wait_ms: u64 },
+    /// The login may go on. `failures_on_record`: the account has failures to forget if it
+    /// succeeds.
+    Open { failures_on_record: bool },
+}
+
+/// A login that passed the gate (`Limiter::check_login`).
+#[must_use]
+pub struct LoginAttempt {
+    account: String,
+    failures_on_record: bool,
 }
 
 /// The delay after `failures` failures: none for the free ones, then base, 2 x base, 4 x
@@ -198,18 +252,53 @@ impl Limiter {
     /// with `Retry-After` and `RateLimit-*` headers when over the limit.
     pub async fn check(&self, rule: Rule, subject: &str) -> Result<(), ApiError> {
         let rate = self.rate(rule);
-        let key = format!("{}:{subject}", rule.name());
+        let key = rule_key(rule, subject);
         let (count, reset_ms) = self.store.hit(&key, rate.window_secs).await?;
         if count <= rate.limit {
             return Ok(());
         }
+        Err(self.limited(rule, reset_ms))
+    }
+
+    /// The checks before a login's hash, in one round trip to the store: the IP's limit, then
+    /// the account's, then the account's backoff (each 429 as from `check` and
+    /// `check_backoff`).
+    pub async fn check_login(&self, ip: &str, account: &str) -> Result<LoginAttempt, ApiError> {
+        let (ip_key, account_key) = (
+            rule_key(Rule::LoginPerIp, ip),
+            rule_key(Rule::LoginPerAccount, account),
+        );
+        let gate = LoginGate {
+            ip_key: &ip_key,
+            ip: self.rate(Rule::LoginPerIp),
+            account_key: &account_key,
+            account: self.rate(Rule::LoginPerAccount),
+            backoff_key: &backoff_key(account),
+            now_ms: now_ms(),
+        };
+        match self.store.login_gate(&gate).await? {
+            GateOutcome::IpLimited { reset_ms } => Err(self.limited(Rule::LoginPerIp, reset_ms)),
+            GateOutcome::AccountLimited { reset_ms } => {
+                Err(self.limited(Rule::LoginPerAccount, reset_ms))
+            }
+            GateOutcome::BackingOff { wait_ms } => Err(self.backing_off(wait_ms)),
+            GateOutcome::Open { failures_on_record } => Ok(LoginAttempt {
+                account: account.to_owned(),
+                failures_on_record,
+            }),
+        }
+    }
+
+    /// The 429 of `rule`, whose window ends in `reset_ms`.
+    fn limited(&self, rule: Rule, reset_ms: u64) -> ApiError {
+        let rate = self.rate(rule);
         let retry_after = ceil_secs(reset_ms);
         self.metrics
             .rate_limited
             .with_label_values(&[rule.name()])
             .inc();
         tracing::info!(rule = rule.name(), retry_after, "rate limited");
-        Err(ApiError {
+        ApiError {
             retry_after: Some(retry_after),
             rate_limit: Some(Box::new(RateLimitInfo {
                 limit: rate.limit,
@@ -221,33 +310,24 @@ impl Limiter {
                 ErrorCode::RateLimited,
                 "too many requests; retry after the number of seconds in Retry-After",
             )
-        })
+        }
     }
 
-    /// 429 while the account is in backoff after failed logins.
-    pub async fn check_backoff(&self, account: &str) -> Result<(), ApiError> {
-        match self
-            .store
-            .backoff_wait(&backoff_key(account), now_ms())
-            .await?
-        {
-            Some(wait_ms) if wait_ms > 0 => {
-                let retry_after = ceil_secs(wait_ms);
-                self.metrics
-                    .rate_limited
-                    .with_label_values(&["login-backoff"])
-                    .inc();
-                tracing::info!(retry_after, "login backoff");
-                Err(ApiError {
-                    retry_after: Some(retry_after),
-                    ..ApiError::new(
-                        ErrorCode::RateLimited,
-                        "too many failed logins for this account; retry after the number of \
-                         seconds in Retry-After",
-                    )
-                })
-            }
-            _ => Ok(()),
+    /// The 429 of an account in backoff after failed logins.
+    fn backing_off(&self, wait_ms: u64) -> ApiError {
+        let retry_after = ceil_secs(wait_ms);
+        self.metrics
+            .rate_limited
+            .with_label_values(&["login-backoff"])
+            .inc();
+        tracing::info!(retry_after, "login backoff");
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(
+                ErrorCode::RateLimited,
+                "too many failed logins for this account; retry after the number of seconds \
+                 in Retry-After",
+            )
         }
     }
 
@@ -259,11 +339,18 @@ impl Limiter {
         Ok(())
     }
 
-    /// A successful login resets the account's backoff.
-    pub async fn login_succeeded(&self, account: &str) -> Result<(), ApiError> {
-        self.store.reset(&backoff_key(account)).await?;
+    /// A successful login resets the account's backoff (no round trip when the gate saw no
+    /// failures on record; one recorded since is kept, which only errs on the strict side).
+    pub async fn login_succeeded(&self, attempt: LoginAttempt) -> Result<(), ApiError> {
+        if attempt.failures_on_record {
+            self.store.reset(&backoff_key(&attempt.account)).await?;
+        }
         Ok(())
     }
+}
+
+fn rule_key(rule: Rule, subject: &str) -> String {
+    format!("{}:{subject}", rule.name())
 }
 
 fn backoff_key(account: &str) -> String {

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use redis::Script;
 
-use super::{LimitSettings, LimitStore};
+use super::{GateOutcome, LimitSettings, LimitStore, LoginGate};
 use crate::session::{
     StoreError,
     redis_client::{RedisClient, RedisConn},
@@ -37,11 +37,41 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return {f, delay}
 "#;
 
+/// The login gate of `LimitStore::login_gate`, in one round trip. KEYS: IP counter, account
+/// counter, backoff hash. ARGV: IP window ms, IP limit, account window ms, account limit, now
+/// ms. Returns {0 open | 1 IP limited | 2 account limited | 3 backing off, ms} where ms is the
+/// window's reset or the backoff's wait; when open, 1 if failures are on record, else 0.
+/// The counters behave as `HIT`.
+const LOGIN_GATE: &str = r#"
+local function hit(key, window)
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('PEXPIRE', key, window) end
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then
+    redis.call('PEXPIRE', key, window)
+    ttl = tonumber(window)
+  end
+  return n, ttl
+end
+local n, ttl = hit(KEYS[1], ARGV[1])
+if n > tonumber(ARGV[2]) then return {1, ttl} end
+n, ttl = hit(KEYS[2], ARGV[3])
+if n > tonumber(ARGV[4]) then return {2, ttl} end
+local backoff = redis.call('HMGET', KEYS[3], 'until', 'failures')
+if backoff[1] then
+  local wait = tonumber(backoff[1]) - tonumber(ARGV[5])
+  if wait > 0 then return {3, wait} end
+end
+if backoff[2] then return {0, 1} end
+return {0, 0}
+"#;
+
 pub struct RedisLimits {
     redis: RedisClient,
     prefix: String,
     hit: Script,
     fail: Script,
+    login_gate: Script,
 }
 
 impl RedisLimits {
@@ -52,6 +82,7 @@ impl RedisLimits {
             prefix: format!("{prefix}rl:"),
             hit: Script::new(HIT),
             fail: Script::new(FAIL),
+            login_gate: Script::new(LOGIN_GATE),
         }
     }
 
@@ -108,6 +139,32 @@ impl LimitStore for RedisLimits {
             .invoke_async(&mut conn)
             .await
             .map_err(to_store)
+    }
+
+    async fn login_gate(&self, gate: &LoginGate<'_>) -> Result<GateOutcome, StoreError> {
+        let mut conn = self.conn().await?;
+        let (verdict, ms): (u8, i64) = self
+            .login_gate
+            .key(format!("{}{}", self.prefix, gate.ip_key))
+            .key(format!("{}{}", self.prefix, gate.account_key))
+            .key(format!("{}{}", self.prefix, gate.backoff_key))
+            .arg(gate.ip.window_secs.saturating_mul(1000))
+            .arg(gate.ip.limit)
+            .arg(gate.account.window_secs.saturating_mul(1000))
+            .arg(gate.account.limit)
+            .arg(gate.now_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(to_store)?;
+        let ms = u64::try_from(ms).unwrap_or(0);
+        Ok(match verdict {
+            1 => GateOutcome::IpLimited { reset_ms: ms },
+            2 => GateOutcome::AccountLimited { reset_ms: ms },
+            3 => GateOutcome::BackingOff { wait_ms: ms },
+            _ => GateOutcome::Open {
+                failures_on_record: ms != 0,
+            },
+        })
     }
 
     async fn reset(&self, key: &str) -> Result<(), StoreError> {

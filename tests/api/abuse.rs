@@ -32,6 +32,12 @@ backend_tests!(with(|s| {
 }) => behind_a_trusted_proxy_the_forwarded_client_ip_is_used);
 
 backend_tests!(with(|s| {
+    s.limits.login_per_ip = Rate { limit: 2, window_secs: 60 };
+    s.limits.login_per_account = Rate { limit: 3, window_secs: 60 };
+    s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+}) => a_login_refused_for_its_ip_does_not_count_against_the_account);
+
+backend_tests!(with(|s| {
     s.limits.backoff_free_failures = 1;
     s.limits.backoff_base_secs = 1;
     s.limits.backoff_max_secs = 2;
@@ -204,6 +210,25 @@ async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_used(app: TestApp) {
         .unwrap();
     let (_, sessions) = status_and_json(response).await;
     assert_eq!(sessions["sessions"][0]["ip"], "192.0.2.44");
+}
+
+/// An attacker whose IP is over its limit cannot go on using up the victim's account limit:
+/// the gate charges the account only for attempts the IP limit let through.
+async fn a_login_refused_for_its_ip_does_not_count_against_the_account(app: TestApp) {
+    let victim = "victim@example.com";
+    let attacker = Some("198.51.100.1");
+    for _ in 0..2 {
+        let response = login_from(&app, victim, attacker).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    for _ in 0..5 {
+        assert_limited(login_from(&app, victim, attacker).await, 2).await;
+    }
+    // The account was charged 2 of its 3: one more attempt from elsewhere is still heard...
+    let response = login_from(&app, victim, Some("198.51.100.2")).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // ...and the next one is over the account's limit.
+    assert_limited(login_from(&app, victim, Some("198.51.100.3")).await, 3).await;
 }
 
 async fn login_backoff_grows_with_failures_and_resets_on_success(app: TestApp) {
