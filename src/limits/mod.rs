@@ -261,8 +261,8 @@ impl Limiter {
     }
 
     /// The checks before a login's hash, in one round trip to the store: the IP's limit, then
-    /// the account's, then the account's backoff (each 429 as from `check` and
-    /// `check_backoff`).
+    /// the account's (each 429 as from `check`), then the account's backoff (429 with
+    /// `Retry-After`).
     pub async fn check_login(&self, ip: &str, account: &str) -> Result<LoginAttempt, ApiError> {
         let (ip_key, account_key) = (
             rule_key(Rule::LoginPerIp, ip),

@@ -10,17 +10,34 @@ use crate::session::{
     redis_client::{RedisClient, RedisConn},
 };
 
-/// KEYS: counter. ARGV: window ms. Returns {count, ms until the window ends}.
-const HIT: &str = r#"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
+/// The Lua function behind every counter: `hit(key, window ms)` counts a hit and returns
+/// {count, ms until the window ends}. The window starts at the key's first hit. A macro, so
+/// that `concat!` can put the one definition into each script that counts.
+macro_rules! lua_hit {
+    () => {
+        r#"
+local function hit(key, window)
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('PEXPIRE', key, window) end
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then
+    redis.call('PEXPIRE', key, window)
+    ttl = tonumber(window)
+  end
+  return n, ttl
 end
+"#
+    };
+}
+
+/// KEYS: counter. ARGV: window ms. Returns {count, ms until the window ends}.
+const HIT: &str = concat!(
+    lua_hit!(),
+    r#"
+local n, ttl = hit(KEYS[1], ARGV[1])
 return {n, ttl}
-"#;
+"#
+);
 
 /// KEYS: backoff hash. ARGV: now ms, free failures, base ms, max ms, memory seconds.
 /// Returns {failures, delay ms}. Mirrors `backoff_delay_ms`.
@@ -41,18 +58,10 @@ return {f, delay}
 /// counter, backoff hash. ARGV: IP window ms, IP limit, account window ms, account limit, now
 /// ms. Returns {0 open | 1 IP limited | 2 account limited | 3 backing off, ms} where ms is the
 /// window's reset or the backoff's wait; when open, 1 if failures are on record, else 0.
-/// The counters behave as `HIT`.
-const LOGIN_GATE: &str = r#"
-local function hit(key, window)
-  local n = redis.call('INCR', key)
-  if n == 1 then redis.call('PEXPIRE', key, window) end
-  local ttl = redis.call('PTTL', key)
-  if ttl < 0 then
-    redis.call('PEXPIRE', key, window)
-    ttl = tonumber(window)
-  end
-  return n, ttl
-end
+/// The counters are `HIT`'s.
+const LOGIN_GATE: &str = concat!(
+    lua_hit!(),
+    r#"
 local n, ttl = hit(KEYS[1], ARGV[1])
 if n > tonumber(ARGV[2]) then return {1, ttl} end
 n, ttl = hit(KEYS[2], ARGV[3])
@@ -64,7 +73,8 @@ if backoff[1] then
 end
 if backoff[2] then return {0, 1} end
 return {0, 0}
-"#;
+"#
+);
 
 pub struct RedisLimits {
     redis: RedisClient,
