@@ -1,9 +1,9 @@
 //! The bare rates: the service's own work without HTTP, through the library and the same kind
 //! of pools, against the same PostgreSQL and Redis as the server under test.
 //!
-//! An HTTP scenario with a target (issue 10) is measured between two halves of its bare
-//! counterpart, one just before and one just after, so that a slower or faster phase of the
-//! machine moves both sides of the ratio alike. Each bare rate runs on the server's CPUs
+//! An HTTP scenario with a target (issue 10) is cut into slices, with a slice of its bare
+//! counterpart before each and after the last, so that a slower or faster phase of the machine
+//! moves both sides of the ratio alike. Each bare rate runs on the server's CPUs
 //! (the server idle meanwhile), so that both sides of a ratio ran on the same core.
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
@@ -149,17 +149,21 @@ impl Bare {
         }
     }
 
-    /// Runs `name` for `duration` and adds what it did to `into`.
+    /// Runs `name` for `duration` and adds what it did to `into`. With `warm_up`, work that
+    /// waits on PostgreSQL or Redis first runs unrecorded for the warm-up time (the first of
+    /// several slices of one measurement needs it, the later ones do not).
     pub async fn measure(
         &self,
         name: &str,
         duration: Duration,
+        warm_up: bool,
         into: &mut Measured,
     ) -> anyhow::Result<()> {
         let tasks = self.concurrency_of(name);
         let _on_server_cpus = self.cpus.as_deref().map(Pinned::to).transpose()?;
         // Work that waits on PostgreSQL or Redis yields, so its warm-up timer fires on time;
         // a single busy thread would not let it (see `drive`).
+        let warmup = if warm_up { self.warmup } else { Duration::ZERO };
         let run = |warmup| Run { warmup, duration };
         let state = self.state.clone();
         let (elapsed, rec) = match name {
@@ -185,7 +189,7 @@ impl Bare {
             }
             GUARD => {
                 let access = self.access.clone();
-                rate(run(self.warmup), tasks, move || {
+                rate(run(warmup), tasks, move || {
                     let state = state.clone();
                     let access = access.clone();
                     async move {
@@ -199,7 +203,7 @@ impl Bare {
                 })
                 .await
             }
-            ROTATION => self.rotations(run(self.warmup), tasks).await?,
+            ROTATION => self.rotations(run(warmup), tasks).await?,
             ARGON2 => {
                 let hash = self.hash.clone();
                 rate(run(Duration::ZERO), tasks, move || {

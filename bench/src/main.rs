@@ -28,7 +28,7 @@ use bare::{Bare, Measured};
 use clap::{Parser, ValueEnum};
 use http::Http;
 use latchkey::session::NewSession;
-use load::{Recorder, Run, SERVER_PID, drive};
+use load::{Recorder, Run, SERVER_PID, drive, drive_states};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -75,6 +75,10 @@ struct Args {
     /// The server's DATABASE_POOL_SIZE (unset: its default).
     #[arg(long)]
     database_pool_size: Option<u32>,
+    /// Slices per scenario with a target, each after a slice of its bare rate (which gets one
+    /// more at the end).
+    #[arg(long, default_value_t = 4)]
+    slices: u32,
     /// Also measure the bare rates without HTTP.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     bare: bool,
@@ -320,36 +324,109 @@ async fn login_all(http: &Http, emails: &[String]) -> anyhow::Result<Vec<(String
     Ok(out)
 }
 
-async fn scenario(name: &str, args: &Args, server: &Server) -> anyhow::Result<Value> {
+/// A scenario held against a bare rate (issue 10's targets), measured in slices with a slice of
+/// the bare rate before each and after the last. The machine's speed drifts by tens of percent
+/// within minutes (bench/README.md); interleaved, both sides of a ratio see the same phases.
+struct Interleave<'a> {
+    bare: &'a Bare,
+    name: &'static str,
+    /// Slices of the scenario; the bare rate gets one more.
+    slices: u32,
+    /// The bare rate over all its slices.
+    measured: Measured,
+    /// The rate of each bare slice, and of each scenario slice (one fewer).
+    bare_rates: Vec<f64>,
+    scenario_rates: Vec<f64>,
+}
+
+impl Interleave<'_> {
+    /// One slice of the bare rate.
+    async fn bare_slice(&mut self, duration: Duration, first: bool) -> anyhow::Result<()> {
+        let mut slice = Measured::default();
+        self.bare
+            .measure(self.name, duration, first, &mut slice)
+            .await?;
+        self.measured.merge(&slice);
+        self.bare_rates.push(slice.ops_per_s());
+        Ok(())
+    }
+
+    /// Each scenario slice's rate over the mean bare rate of the slices just before and after.
+    fn slice_ratios(&self) -> Vec<f64> {
+        let bare = self.bare_rates.windows(2).map(|w| (w[0] + w[1]) / 2.0);
+        (self.scenario_rates.iter().zip(bare))
+            .map(|(rate, bare)| if bare > 0.0 { rate / bare } else { 0.0 })
+            .collect()
+    }
+}
+
+/// Runs a scenario's workers for `--duration` seconds after the warm-up: in one go, or in
+/// slices interleaved with its bare counterpart. Each worker's state carries over from one
+/// slice to the next.
+async fn load<S, F, Fut>(
+    args: &Args,
+    states: Vec<S>,
+    step: F,
+    mut interleave: Option<&mut Interleave<'_>>,
+) -> anyhow::Result<(Duration, Recorder)>
+where
+    S: Send + 'static,
+    F: Fn(S) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = (S, bool)> + Send,
+{
+    let slices = interleave.as_ref().map_or(1, |i| i.slices.max(1));
+    let slice = Duration::from_secs(args.duration) / slices;
+    if let Some(interleave) = interleave.as_deref_mut() {
+        interleave.bare_slice(slice, true).await?;
+    }
+    let (mut states, mut elapsed, mut total) = (states, Duration::ZERO, Recorder::default());
+    for i in 0..slices {
+        let warmup = match i {
+            0 => Duration::from_secs(args.warmup),
+            _ => Duration::ZERO,
+        };
+        let run = Run {
+            warmup,
+            duration: slice,
+        };
+        let (took, rec, next) = drive_states(run, states, step.clone()).await;
+        states = next;
+        let rate = rec.micros.len() as f64 / took.as_secs_f64();
+        elapsed += took;
+        total.merge(rec);
+        if let Some(interleave) = interleave.as_deref_mut() {
+            interleave.scenario_rates.push(rate);
+            interleave.bare_slice(slice, false).await?;
+        }
+    }
+    Ok((elapsed, total))
+}
+
+async fn scenario(
+    name: &str,
+    args: &Args,
+    server: &Server,
+    interleave: Option<&mut Interleave<'_>>,
+) -> anyhow::Result<Value> {
     let c = args.concurrency;
     let http = server.http.clone();
-    let duration = Run {
-        warmup: Duration::from_secs(args.warmup),
-        duration: Duration::from_secs(args.duration),
-    };
-    let result = match name {
+    let (elapsed, rec) = match name {
         "health" => {
-            let states = vec![(); c];
-            let (elapsed, rec) = drive(duration, states, {
+            let step = move |()| {
                 let http = http.clone();
-                move |()| {
-                    let http = http.clone();
-                    async move {
-                        let reply = http.get("/health/live", None).await;
-                        ((), reply.is_ok_and(|r| r.status.is_success()))
-                    }
+                async move {
+                    let reply = http.get("/health/live", None).await;
+                    ((), reply.is_ok_and(|r| r.status.is_success()))
                 }
-            })
-            .await;
-            report(name, args, c, elapsed, rec)
+            };
+            load(args, vec![(); c], step, interleave).await?
         }
         "me" => {
             let emails = prepare_users(&http, args.users, "me").await?;
             let tokens = login_all(&http, &emails).await?;
             let tokens: Arc<Vec<String>> = Arc::new(tokens.into_iter().map(|(a, _)| a).collect());
-            let states: Vec<usize> = (0..c).collect();
-            let (elapsed, rec) = drive(duration, states, me_step(http.clone(), tokens, c)).await;
-            report(name, args, c, elapsed, rec)
+            let step = me_step(http.clone(), tokens, c);
+            load(args, (0..c).collect(), step, interleave).await?
         }
         "refresh" => {
             let emails = prepare_users(&http, c, "refresh").await?;
@@ -358,22 +435,20 @@ async fn scenario(name: &str, args: &Args, server: &Server) -> anyhow::Result<Va
                 .into_iter()
                 .map(|(_, r)| r)
                 .collect();
-            let (elapsed, rec) = drive(duration, chains, refresh_step(http.clone())).await;
-            report(name, args, c, elapsed, rec)
+            load(args, chains, refresh_step(http.clone()), interleave).await?
         }
         "login" => {
             let emails = Arc::new(prepare_users(&http, c, "login").await?);
-            let states: Vec<usize> = (0..c).collect();
-            let (elapsed, rec) = drive(duration, states, login_step(http.clone(), emails)).await;
-            report(name, args, c, elapsed, rec)
+            let step = login_step(http.clone(), emails);
+            load(args, (0..c).collect(), step, interleave).await?
         }
-        "register" => {
-            let states = vec![(); c];
-            let (elapsed, rec) = drive(duration, states, register_step(http.clone())).await;
-            report(name, args, c, elapsed, rec)
-        }
+        "register" => load(args, vec![(); c], register_step(http.clone()), interleave).await?,
         "me_under_login_flood" => {
             // A few clients read /users/me while `concurrency` clients flood login.
+            let duration = Run {
+                warmup: Duration::from_secs(args.warmup),
+                duration: Duration::from_secs(args.duration),
+            };
             let emails = prepare_users(&http, 64, "flood-me").await?;
             let tokens = login_all(&http, &emails).await?;
             let tokens: Arc<Vec<String>> = Arc::new(tokens.into_iter().map(|(a, _)| a).collect());
@@ -392,11 +467,11 @@ async fn scenario(name: &str, args: &Args, server: &Server) -> anyhow::Result<Va
             .await;
             let (flood_elapsed, flood_rec) = flood.await?;
             report("login_flood", args, c, flood_elapsed, flood_rec);
-            report(name, args, readers, elapsed, rec)
+            return Ok(report(name, args, readers, elapsed, rec));
         }
         other => bail!("unknown scenario {other}"),
     };
-    Ok(result)
+    Ok(report(name, args, c, elapsed, rec))
 }
 
 /// One request of a worker: its next state, and whether it succeeded.
@@ -549,8 +624,8 @@ async fn soak(server: &Server, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each scenario, each between two halves of its bare counterpart; then the other bare rates
-/// and the targets.
+/// Each scenario, in slices interleaved with its bare counterpart (if it has one); then the
+/// other bare rates and the targets.
 async fn run_scenarios(args: &Args, server: &Server) -> anyhow::Result<()> {
     let bare = match args.bare {
         true => Some(
@@ -566,38 +641,46 @@ async fn run_scenarios(args: &Args, server: &Server) -> anyhow::Result<()> {
         ),
         false => None,
     };
-    let half = Duration::from_secs(args.duration.clamp(2, 10)).div_f64(2.0);
     let mut scenarios = HashMap::new();
-    let mut paired: Vec<(String, &'static str, Measured)> = Vec::new();
+    let mut paired: Vec<(String, Interleave<'_>)> = Vec::new();
     for name in args
         .scenarios
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
-        let counterpart = bare.as_ref().zip(bare::counterpart(name));
-        let mut around = Measured::default();
-        if let Some((bare, counterpart)) = counterpart {
-            bare.measure(counterpart, half, &mut around).await?;
-        }
-        scenarios.insert(name.to_owned(), scenario(name, args, server).await?);
-        if let Some((bare, counterpart)) = counterpart {
-            bare.measure(counterpart, half, &mut around).await?;
-            paired.push((name.to_owned(), counterpart, around));
+        let mut interleave =
+            bare.as_ref()
+                .zip(bare::counterpart(name))
+                .map(|(bare, counterpart)| Interleave {
+                    bare,
+                    name: counterpart,
+                    slices: args.slices,
+                    measured: Measured::default(),
+                    bare_rates: Vec::new(),
+                    scenario_rates: Vec::new(),
+                });
+        let line = scenario(name, args, server, interleave.as_mut()).await?;
+        scenarios.insert(name.to_owned(), line);
+        if let Some(interleave) = interleave {
+            paired.push((name.to_owned(), interleave));
         }
     }
-    let Some(bare) = bare else { return Ok(()) };
+    let Some(bare) = bare.as_ref() else {
+        return Ok(());
+    };
     eprintln!("bench: measuring bare rates");
     let mut rates = HashMap::new();
     for name in bare::ALL {
         let mut total = Measured::default();
-        for (_, counterpart, around) in &paired {
-            if *counterpart == name {
-                total.merge(around);
+        for (_, interleave) in &paired {
+            if interleave.name == name {
+                total.merge(&interleave.measured);
             }
         }
         if total.ops == 0 {
-            bare.measure(name, half * 2, &mut total).await?;
+            let duration = Duration::from_secs(args.duration.clamp(2, 10));
+            bare.measure(name, duration, true, &mut total).await?;
         }
         rates.insert(name, bare.report(name, &total));
     }
@@ -618,7 +701,7 @@ fn print_targets(
     args: &Args,
     scenarios: &HashMap<String, Value>,
     rates: &HashMap<&str, Value>,
-    paired: &[(String, &'static str, Measured)],
+    paired: &[(String, Interleave<'_>)],
 ) {
     let cores = server_cores(args);
     // The server's PASSWORD_HASH_CONCURRENCY: its default is its number of cores.
@@ -626,11 +709,11 @@ fn print_targets(
         .ok()
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or(cores);
-    for (name, counterpart, around) in paired {
+    for (name, interleave) in paired {
         let Some(rps) = scenarios.get(name).and_then(|s| s["rps"].as_f64()) else {
             continue;
         };
-        let bare = around.ops_per_s();
+        let bare = interleave.measured.ops_per_s();
         let (ceiling, required, of) = match name.as_str() {
             "me" => (bare, 0.70, "the bare guard pipeline".to_owned()),
             "refresh" => (
@@ -645,18 +728,29 @@ fn print_targets(
             ),
         };
         let ratio = if ceiling > 0.0 { rps / ceiling } else { 0.0 };
+        // The same ratio slice by slice (each against the bare slices just around it), to
+        // show how much of a run's result is the machine's drift.
+        let slots = if bare > 0.0 { ceiling / bare } else { 1.0 };
+        let per_slice: Vec<f64> = interleave
+            .slice_ratios()
+            .iter()
+            .map(|r| (r / slots * 1000.0).round() / 1000.0)
+            .collect();
         println!(
             "{}",
             json!({
                 "target": name,
                 "rps": rps,
-                "bare": counterpart,
-                "bare_ops_per_s_around": bare.round(),
+                "bare": interleave.name,
+                "bare_ops_per_s_interleaved": bare.round(),
                 "ceiling": ceiling.round(),
                 "of": of,
                 "ratio": (ratio * 1000.0).round() / 1000.0,
                 "required": required,
                 "met": ratio >= required,
+                "slice_ratios": per_slice,
+                "scenario_slices_rps": interleave.scenario_rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+                "bare_slices_ops_per_s": interleave.bare_rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
             })
         );
     }
