@@ -50,6 +50,10 @@ impl Http {
         }))
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+
     /// An idle kept-alive connection, or a new one.
     async fn connection(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
         loop {

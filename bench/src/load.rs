@@ -40,7 +40,7 @@ pub struct CpuUsage {
 const TICKS_PER_S: f64 = 100.0;
 
 /// (server CPU seconds, machine busy CPU seconds) so far.
-fn cpu_now() -> (f64, f64) {
+pub fn cpu_now() -> (f64, f64) {
     let hz = TICKS_PER_S;
     let server = SERVER_PID
         .get()

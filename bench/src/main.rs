@@ -22,6 +22,7 @@ mod bare;
 mod cpus;
 mod http;
 mod load;
+mod wrk;
 
 use anyhow::{Context, bail};
 use bare::{Bare, Measured};
@@ -63,10 +64,11 @@ struct Args {
     /// Pin the server to these CPUs with taskset (e.g. 0); empty: no pinning.
     #[arg(long, default_value = "0")]
     server_cpus: String,
-    /// Scenarios to run (comma-separated): health,me,refresh,login,register,me_under_login_flood.
+    /// Scenarios to run (comma-separated): health,me,me_wrk,refresh,login,register,
+    /// me_under_login_flood. `me_wrk` is `me` through wrk (skipped if wrk is not installed).
     #[arg(
         long,
-        default_value = "health,me,refresh,login,register,me_under_login_flood"
+        default_value = "health,me,me_wrk,refresh,login,register,me_under_login_flood"
     )]
     scenarios: String,
     /// How the server (and the bare rates) reach Redis: REDIS_ACCESS=multiplexed or pooled.
@@ -427,6 +429,31 @@ async fn scenario(
             let tokens: Arc<Vec<String>> = Arc::new(tokens.into_iter().map(|(a, _)| a).collect());
             let step = me_step(http.clone(), tokens, c);
             load(args, (0..c).collect(), step, interleave).await?
+        }
+        "me_wrk" => {
+            if !wrk::available() {
+                let line = json!({"scenario": name, "skipped": "wrk is not installed (apt-get install wrk)"});
+                println!("{line}");
+                return Ok(line);
+            }
+            let emails = prepare_users(&http, args.users, "me-wrk").await?;
+            let tokens: Vec<String> = login_all(&http, &emails)
+                .await?
+                .into_iter()
+                .map(|(a, _)| a)
+                .collect();
+            let (summary, server_s, machine_s) = wrk::me(
+                server.dir.path(),
+                &format!("http://{}", http.addr()),
+                &tokens,
+                c,
+                Duration::from_secs(args.warmup),
+                Duration::from_secs(args.duration),
+            )
+            .await?;
+            let line = wrk::report(&summary, c, server_s, machine_s);
+            println!("{line}");
+            return Ok(line);
         }
         "refresh" => {
             let emails = prepare_users(&http, c, "refresh").await?;
