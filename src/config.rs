@@ -125,8 +125,9 @@ pub struct Settings {
     pub port: u16,
     /// The database URL may carry a password: it is a secret and redacted in `Debug`.
     pub database_url: SecretString,
-    /// Most database connections per instance (`DATABASE_POOL_SIZE`); `None`: the backend's
-    /// default (see `db::connect`).
+    /// Most connections of each database pool (`DATABASE_POOL_SIZE`): SeaORM's and, on
+    /// PostgreSQL, the hot path's reads (`db::reads`); `None`: the backend's default (see
+    /// `db::connect`).
     pub database_pool_size: Option<u32>,
     /// `None` selects the in-process session store (development only).
     pub redis_url: Option<SecretString>,

@@ -21,7 +21,7 @@ use crate::{
         tokens::{TokenService, TokenSettings},
     },
     config::{ConfigError, KeySource, Settings},
-    db,
+    db::{self, reads::Reads},
     error::{self, ApiError, DependencyFailure, ErrorCode},
     limits::{LimitStore, Limiter, memory::MemoryLimits, redis::RedisLimits},
     session::{
@@ -81,6 +81,13 @@ impl Application {
         )
         .await?;
         db::migrate(&db).await?;
+        let reads = Reads::new(
+            settings.database_url.expose_secret(),
+            settings
+                .database_pool_size
+                .unwrap_or_else(db::default_postgres_pool_size),
+            &db,
+        )?;
         let (sessions, limit_store): (Arc<dyn SessionStore>, Arc<dyn LimitStore>) =
             match &settings.redis_url {
                 Some(url) => {
@@ -158,6 +165,7 @@ impl Application {
             local_addr,
             state: AppState {
                 db,
+                reads,
                 sessions,
                 tokens,
                 passwords,

@@ -8,6 +8,7 @@ use crate::{
     audit::Audit,
     auth::{cookies::CookiePolicy, password::PasswordService, tokens::TokenService},
     config::Settings,
+    db::reads::Reads,
     limits::Limiter,
     session::SessionStore,
     telemetry::metrics::Metrics,
@@ -16,6 +17,8 @@ use crate::{
 #[derive(Clone)]
 pub struct AppState {
     pub db: DatabaseConnection,
+    /// The hot path's user loads (guard, refresh, login): see `db::reads`.
+    pub reads: Reads,
     pub sessions: Arc<dyn SessionStore>,
     pub tokens: Arc<TokenService>,
     pub passwords: PasswordService,

@@ -273,7 +273,7 @@ impl AuthApi {
             .await?;
         // A password change or a disable that completed while this login was hashing has
         // already revoked every session; make sure this one does not slip past it.
-        let current = users::find_by_id(&state.db, user.id).await?;
+        let current = users::find_by_id(&state.reads, user.id).await?;
         if current.as_ref().is_none_or(|c| {
             c.password_hash != user.password_hash || c.disabled || c.role != user.role
         }) {
@@ -389,7 +389,7 @@ async fn refresh_pair(
         }
     };
     let claims = state.tokens.verify_refresh(&token)?;
-    let user = users::find_by_id(&state.db, claims.sub)
+    let user = users::find_by_id(&state.reads, claims.sub)
         .await?
         .filter(|u| !u.disabled)
         .ok_or_else(ApiError::invalid_token)?;

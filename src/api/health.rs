@@ -42,7 +42,9 @@ impl HealthApi {
     /// `service_unavailable` with `Retry-After`, naming what is down in `details`.
     #[oai(path = "/ready", method = "get", operation_id = "health_ready")]
     async fn ready(&self, state: poem::web::Data<&AppState>) -> Result<HealthResult, ApiError> {
-        let (db, store) = tokio::join!(state.db.ping(), state.sessions.ping());
+        // Both connections to the database: SeaORM's pool and the hot path's reads.
+        let db = async { tokio::try_join!(state.db.ping(), state.reads.ping()) };
+        let (db, store) = tokio::join!(db, state.sessions.ping());
         let mut down = Vec::new();
         if let Err(err) = db {
             tracing::warn!(error = %err, "readiness: database down");

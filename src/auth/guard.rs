@@ -93,7 +93,7 @@ pub async fn authenticate(state: &AppState, req: &Request) -> Result<Authenticat
         }
         return Err(ApiError::invalid_token());
     }
-    let user = users::find_by_id(&state.db, claims.sub)
+    let user = users::find_by_id(&state.reads, claims.sub)
         .await?
         .filter(|user| !user.disabled)
         .ok_or_else(ApiError::invalid_token)?;

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod entities;
+pub mod reads;
 pub mod users;
 
 use std::{path::Path, time::Duration};
@@ -40,7 +41,7 @@ pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnec
     Database::connect(options).await
 }
 
-/// PostgreSQL connections per instance unless `DATABASE_POOL_SIZE` says otherwise: twice the
+/// PostgreSQL connections per pool unless `DATABASE_POOL_SIZE` says otherwise: twice the
 /// cores, at least 4. A query holds its connection for a round trip only, so a few connections
 /// keep an instance's cores busy; more only add PostgreSQL backends to wake up and switch
 /// between (bench/README.md measured 32 against 4: more CPU per request, not more requests).

@@ -42,7 +42,8 @@ pub async fn insert(db: &DatabaseConnection, new: NewUser) -> Result<user::Model
     .await
 }
 
-pub async fn find_by_id(db: &DatabaseConnection, id: Uuid) -> Result<Option<user::Model>, DbErr> {
+/// On any SeaORM connection: the hot path passes its [`Reads`](super::reads::Reads).
+pub async fn find_by_id(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<user::Model>, DbErr> {
     user::Entity::find_by_id(id).one(db).await
 }
 

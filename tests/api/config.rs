@@ -295,6 +295,11 @@ async fn database_pool_size_bounds_the_connections_of_an_instance() {
         TestApp::spawn_with(Backend::PostgresRedis, |s| s.database_pool_size = Some(3)).await;
     let pool = sized.state.db.get_postgres_connection_pool();
     assert_eq!(pool.options().get_max_connections(), 3);
+    // The hot path's reads have a pool of their own, of the same size.
+    let latchkey::db::reads::Reads::Postgres(reads) = &sized.state.reads else {
+        panic!("PostgreSQL reads go through their own pool");
+    };
+    assert_eq!(reads.max_size(), 3);
     let default = TestApp::spawn(Backend::PostgresRedis).await;
     let pool = default.state.db.get_postgres_connection_pool();
     assert_eq!(

@@ -8,6 +8,7 @@ mod admin;
 mod cli;
 mod config;
 mod cookies;
+mod database;
 mod health_and_docs;
 mod keys;
 mod lifecycle;

@@ -1,0 +1,291 @@
+//! The connection the hot path reads through: the guard's user load on every authenticated
+//! request, and the user loads of refresh and login.
+//!
+//! On SQLite it is SeaORM's own pool. On PostgreSQL it is a pool of its own, because SeaORM's
+//! pool is sqlx's, and sqlx sends a `Sync` and waits for the answer every time a connection
+//! goes back to its pool (`PoolConnection::return_to_pool`), a second round trip for every
+//! query that no setting turns off. That ping held the connection for the extra round trip
+//! and cost ~10% of the server's CPU on `GET /users/me`; without it `/users/me` served 41-43%
+//! more requests (bench/README.md). Queries still go through SeaORM: [`Reads`] is a SeaORM
+//! [`ConnectionTrait`], so `Entity::find_by_id(id).one(&reads)` builds the statement and maps
+//! the row exactly as on any other connection; only the connection handling is ours, on
+//! deadpool.
+//!
+//! What the ping on release was for is kept:
+//! - a connection idle for 30 s or more is pinged before use (as SeaORM's pool is configured
+//!   to do on checkout, `test_before_acquire_if_idle_for`), in case the server or a proxy
+//!   dropped it;
+//! - a connection whose query broke it (I/O, TLS or protocol trouble, or a FATAL error from
+//!   PostgreSQL, which then ends the session) is closed instead of going back to the pool,
+//!   and a read is tried once more on a new connection, so a database restart costs no
+//!   request an error;
+//! - a query abandoned mid-way (the request was cancelled) leaves its answer in the socket,
+//!   and sqlx reads it off before the connection's next query (`wait_until_ready`).
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use deadpool::{
+    Runtime,
+    managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult},
+};
+use futures_util::future::BoxFuture;
+use sea_orm::{
+    ConnAcquireErr, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult,
+    RuntimeErr, Statement, Values,
+    sqlx::{
+        self, AssertSqlSafe, ConnectOptions, Connection, PgConnection,
+        postgres::{PgConnectOptions, PgDatabaseError, PgSeverity},
+    },
+};
+use sea_query_sqlx::SqlxValues;
+
+/// A pooled connection idle this long is pinged before it is handed out.
+const IDLE_BEFORE_CHECK: Duration = Duration::from_secs(30);
+/// How long a query may wait for a connection, and a new connection may take.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the hot path reads: SeaORM's pool, or on PostgreSQL connections not pinged on
+/// release. Cheap to clone.
+#[derive(Clone)]
+pub enum Reads {
+    Orm(DatabaseConnection),
+    Postgres(PgReadPool),
+}
+
+impl Reads {
+    /// For `url`: a pool of its own of `pool_size` connections on PostgreSQL, else `db`.
+    pub fn new(url: &str, pool_size: u32, db: &DatabaseConnection) -> Result<Self, DbErr> {
+        match db.get_database_backend() {
+            DbBackend::Postgres => Ok(Self::Postgres(PgReadPool::new(url, pool_size)?)),
+            _ => Ok(Self::Orm(db.clone())),
+        }
+    }
+
+    /// Whether a connection can be had and answers.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        match self {
+            Self::Orm(db) => db.ping().await,
+            Self::Postgres(pool) => pool.run(true, |conn| Box::pin(conn.ping())).await,
+        }
+    }
+}
+
+/// PostgreSQL connections for [`Reads`] (see the module's documentation).
+#[derive(Clone)]
+pub struct PgReadPool {
+    pool: managed::Pool<Manager>,
+}
+
+struct Manager {
+    options: PgConnectOptions,
+}
+
+impl managed::Manager for Manager {
+    type Type = PgConnection;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<PgConnection, sqlx::Error> {
+        PgConnection::connect_with(&self.options).await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut PgConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<sqlx::Error> {
+        if metrics.last_used() >= IDLE_BEFORE_CHECK {
+            conn.ping().await.map_err(RecycleError::Backend)?;
+        }
+        Ok(())
+    }
+}
+
+impl PgReadPool {
+    /// The most connections the pool opens (`DATABASE_POOL_SIZE`).
+    pub fn max_size(&self) -> usize {
+        self.pool.status().max_size
+    }
+
+    fn new(url: &str, pool_size: u32) -> Result<Self, DbErr> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|err| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(err))))?
+            // Named in pg_stat_activity apart from SeaORM's pool.
+            .application_name("latchkey-reads")
+            // Statement logging would put bound values into logs.
+            .disable_statement_logging();
+        let pool = managed::Pool::builder(Manager { options })
+            .max_size(pool_size.max(1) as usize)
+            .wait_timeout(Some(TIMEOUT))
+            .create_timeout(Some(TIMEOUT))
+            .recycle_timeout(Some(TIMEOUT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|err| DbErr::Custom(format!("building the read pool: {err}")))?;
+        Ok(Self { pool })
+    }
+
+    /// Runs `query` on a pooled connection. A connection the attempt broke is closed; with
+    /// `retry` (reads, which are safe to repeat), a query whose connection failed runs once
+    /// more on a new one. `query` may run twice, so it owns (clones) what it needs.
+    async fn run<T, Q>(&self, retry: bool, query: Q) -> Result<T, DbErr>
+    where
+        Q: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Sync,
+    {
+        match self.attempt(&query).await {
+            Err(Failure::Connection(_)) if retry => {
+                // The server dropped the connection (a restart, an idle timeout, a proxy):
+                // the idle connections opened before it are likely gone too.
+                self.pool.retain(|_, _| false);
+                self.attempt(&query).await.map_err(DbErr::from)
+            }
+            other => other.map_err(DbErr::from),
+        }
+    }
+
+    async fn attempt<T, Q>(&self, query: &Q) -> Result<T, Failure>
+    where
+        Q: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Sync,
+    {
+        let mut conn = self.pool.get().await.map_err(Failure::Acquire)?;
+        match query(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(err) if breaks_connection(&err) => {
+                // Closed, never reused.
+                drop(Object::take(conn));
+                Err(Failure::Connection(err))
+            }
+            Err(err) => Err(Failure::Query(err)),
+        }
+    }
+}
+
+/// Whether `err` leaves its connection unusable: I/O, TLS or protocol trouble, or a FATAL
+/// error, with which PostgreSQL ends the session (`pg_terminate_backend`, a shutdown).
+fn breaks_connection(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(err) => err
+            .try_downcast_ref::<PgDatabaseError>()
+            .is_some_and(|err| matches!(err.severity(), PgSeverity::Fatal | PgSeverity::Panic)),
+        _ => false,
+    }
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// No connection could be had.
+    Acquire(PoolError<sqlx::Error>),
+    /// The connection broke (it has been closed).
+    Connection(sqlx::Error),
+    /// PostgreSQL answered with an error, or the answer could not be read.
+    Query(sqlx::Error),
+}
+
+impl From<Failure> for DbErr {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Acquire(err) => acquire_error(err),
+            // A connection failure is the database being unavailable (503), as when SeaORM
+            // cannot connect; a query error is an internal error (500).
+            Failure::Connection(err) => DbErr::Conn(RuntimeErr::SqlxError(Arc::new(err))),
+            Failure::Query(err) => DbErr::Query(RuntimeErr::SqlxError(Arc::new(err))),
+        }
+    }
+}
+
+fn acquire_error(err: PoolError<sqlx::Error>) -> DbErr {
+    match err {
+        PoolError::Timeout(_) => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+        PoolError::Closed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+        PoolError::Backend(err) => DbErr::Conn(RuntimeErr::SqlxError(Arc::new(err))),
+        other => DbErr::Conn(RuntimeErr::Internal(other.to_string())),
+    }
+}
+
+/// A SeaORM statement as an sqlx query (what SeaORM's own PostgreSQL driver does).
+fn query(stmt: &Statement) -> sqlx::query::Query<'_, sqlx::Postgres, SqlxValues> {
+    let values = stmt.values.clone().unwrap_or(Values(Vec::new()));
+    sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values))
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for PgReadPool {
+    fn get_database_backend(&self) -> DbBackend {
+        DbBackend::Postgres
+    }
+
+    /// Not repeated on a connection failure: it may have taken effect.
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        let result = self.run(false, |conn| {
+            let stmt = stmt.clone();
+            Box::pin(async move { query(&stmt).execute(conn).await })
+        });
+        result.await.map(ExecResult::from)
+    }
+
+    /// Not repeated on a connection failure: it may have taken effect.
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        let result = self.run(false, |conn| {
+            let sql = sql.to_owned();
+            Box::pin(async move { sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await })
+        });
+        result.await.map(ExecResult::from)
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        let row = self.run(true, |conn| {
+            let stmt = stmt.clone();
+            Box::pin(async move { query(&stmt).fetch_optional(conn).await })
+        });
+        Ok(row.await?.map(QueryResult::from))
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let rows = self.run(true, |conn| {
+            let stmt = stmt.clone();
+            Box::pin(async move { query(&stmt).fetch_all(conn).await })
+        });
+        Ok(rows.await?.into_iter().map(QueryResult::from).collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Reads {
+    fn get_database_backend(&self) -> DbBackend {
+        match self {
+            Self::Orm(db) => db.get_database_backend(),
+            Self::Postgres(pool) => pool.get_database_backend(),
+        }
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Orm(db) => db.execute_raw(stmt).await,
+            Self::Postgres(pool) => pool.execute_raw(stmt).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Orm(db) => db.execute_unprepared(sql).await,
+            Self::Postgres(pool) => pool.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match self {
+            Self::Orm(db) => db.query_one_raw(stmt).await,
+            Self::Postgres(pool) => pool.query_one_raw(stmt).await,
+        }
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match self {
+            Self::Orm(db) => db.query_all_raw(stmt).await,
+            Self::Postgres(pool) => pool.query_all_raw(stmt).await,
+        }
+    }
+}
