@@ -19,8 +19,9 @@
 //!   PostgreSQL, which then ends the session) is closed instead of going back to the pool,
 //!   and a read is tried once more on a new connection, so a database restart costs no
 //!   request an error;
-//! - a query abandoned mid-way (the request was cancelled) leaves its answer in the socket,
-//!   and sqlx reads it off before the connection's next query (`wait_until_ready`).
+//! - a connection whose query was abandoned mid-way (the request was cancelled or timed out)
+//!   may be mid-message: it is closed when it is next taken from the pool, instead of
+//!   serving the next query.
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -80,21 +81,40 @@ struct Manager {
     options: PgConnectOptions,
 }
 
+/// A pooled connection, and whether its last query ran to the end.
+struct ReadConnection {
+    conn: PgConnection,
+    /// False from the start of a query until it returns: still false when the pool gets the
+    /// connection back means the query's future was dropped half-way.
+    finished: bool,
+}
+
 impl managed::Manager for Manager {
-    type Type = PgConnection;
+    type Type = ReadConnection;
     type Error = sqlx::Error;
 
-    async fn create(&self) -> Result<PgConnection, sqlx::Error> {
-        PgConnection::connect_with(&self.options).await
+    async fn create(&self) -> Result<ReadConnection, sqlx::Error> {
+        let conn = PgConnection::connect_with(&self.options).await?;
+        Ok(ReadConnection {
+            conn,
+            finished: true,
+        })
     }
 
+    /// Runs when a pooled connection is taken again; an error discards it and the pool takes
+    /// or opens another.
     async fn recycle(
         &self,
-        conn: &mut PgConnection,
+        read: &mut ReadConnection,
         metrics: &Metrics,
     ) -> RecycleResult<sqlx::Error> {
+        if !read.finished {
+            return Err(RecycleError::message(
+                "its last query was abandoned half-way",
+            ));
+        }
         if metrics.last_used() >= IDLE_BEFORE_CHECK {
-            conn.ping().await.map_err(RecycleError::Backend)?;
+            read.conn.ping().await.map_err(RecycleError::Backend)?;
         }
         Ok(())
     }
@@ -146,12 +166,15 @@ impl PgReadPool {
     where
         Q: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Sync,
     {
-        let mut conn = self.pool.get().await.map_err(Failure::Acquire)?;
-        match query(&mut conn).await {
+        let mut read = self.pool.get().await.map_err(Failure::Acquire)?;
+        read.finished = false;
+        let result = query(&mut read.conn).await;
+        read.finished = true;
+        match result {
             Ok(value) => Ok(value),
             Err(err) if breaks_connection(&err) => {
                 // Closed, never reused.
-                drop(Object::take(conn));
+                drop(Object::take(read));
                 Err(Failure::Connection(err))
             }
             Err(err) => Err(Failure::Query(err)),

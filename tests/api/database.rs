@@ -1,6 +1,8 @@
 //! The database connections of the hot path (`db::reads`): on PostgreSQL the guard's user
 //! loads go through connections of their own, which sqlx does not ping on every release.
 
+use std::time::{Duration, Instant};
+
 use latchkey::db::reads::Reads;
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -70,4 +72,37 @@ async fn a_read_whose_connection_the_database_ended_runs_again_on_a_new_one() {
         assert_eq!(response.status(), StatusCode::OK);
     }
     assert!(read_connections(&app).await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_query_was_abandoned_half_way_serves_no_further_query() {
+    // Arrange: one read connection, busy with a query whose caller gives up (as when a
+    // request is cancelled or times out).
+    let app = TestApp::spawn_with(Backend::PostgresRedis, |s| s.database_pool_size = Some(1)).await;
+    let slow = Statement::from_string(DbBackend::Postgres, "SELECT pg_sleep(5)::text AS n");
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(300),
+        app.state.reads.query_one_raw(slow),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the slow query was cut off");
+
+    // Act
+    let started = Instant::now();
+    let quick = Statement::from_string(DbBackend::Postgres, "SELECT 7::bigint AS n");
+    let row = app.state.reads.query_one_raw(quick).await;
+
+    // Assert: the answer comes from a new connection, not after the abandoned query's
+    // answer on the old one (which would take the rest of its 5 s).
+    let n: i64 = row
+        .expect("query")
+        .expect("row")
+        .try_get("", "n")
+        .expect("n");
+    assert_eq!(n, 7);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited {:?} behind the abandoned query",
+        started.elapsed()
+    );
 }
