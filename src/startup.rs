@@ -81,13 +81,7 @@ impl Application {
         )
         .await?;
         db::migrate(&db).await?;
-        let reads = Reads::new(
-            settings.database_url.expose_secret(),
-            settings
-                .database_pool_size
-                .unwrap_or_else(db::default_postgres_pool_size),
-            &db,
-        )?;
+        let reads = Reads::new(settings.database_url.expose_secret(), &db)?;
         let (sessions, limit_store): (Arc<dyn SessionStore>, Arc<dyn LimitStore>) =
             match &settings.redis_url {
                 Some(url) => {

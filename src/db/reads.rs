@@ -54,10 +54,17 @@ pub enum Reads {
 }
 
 impl Reads {
-    /// For `url`: a pool of its own of `pool_size` connections on PostgreSQL, else `db`.
-    pub fn new(url: &str, pool_size: u32, db: &DatabaseConnection) -> Result<Self, DbErr> {
+    /// For `db`, connected to `url`: on PostgreSQL a pool of its own, as large as `db`'s
+    /// (`DATABASE_POOL_SIZE`); else `db` itself.
+    pub fn new(url: &str, db: &DatabaseConnection) -> Result<Self, DbErr> {
         match db.get_database_backend() {
-            DbBackend::Postgres => Ok(Self::Postgres(PgReadPool::new(url, pool_size)?)),
+            DbBackend::Postgres => {
+                let size = db
+                    .get_postgres_connection_pool()
+                    .options()
+                    .get_max_connections();
+                Ok(Self::Postgres(PgReadPool::new(url, size)?))
+            }
             _ => Ok(Self::Orm(db.clone())),
         }
     }
@@ -229,9 +236,9 @@ fn acquire_error(err: PoolError<sqlx::Error>) -> DbErr {
 }
 
 /// A SeaORM statement as an sqlx query (what SeaORM's own PostgreSQL driver does).
-fn query(stmt: &Statement) -> sqlx::query::Query<'_, sqlx::Postgres, SqlxValues> {
-    let values = stmt.values.clone().unwrap_or(Values(Vec::new()));
-    sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values))
+fn query(stmt: Statement) -> sqlx::query::Query<'static, sqlx::Postgres, SqlxValues> {
+    let values = stmt.values.unwrap_or(Values(Vec::new()));
+    sqlx::query_with(AssertSqlSafe(stmt.sql), SqlxValues(values))
 }
 
 #[async_trait::async_trait]
@@ -244,7 +251,7 @@ impl ConnectionTrait for PgReadPool {
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         let result = self.run(false, |conn| {
             let stmt = stmt.clone();
-            Box::pin(async move { query(&stmt).execute(conn).await })
+            Box::pin(async move { query(stmt).execute(conn).await })
         });
         result.await.map(ExecResult::from)
     }
@@ -261,7 +268,7 @@ impl ConnectionTrait for PgReadPool {
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         let row = self.run(true, |conn| {
             let stmt = stmt.clone();
-            Box::pin(async move { query(&stmt).fetch_optional(conn).await })
+            Box::pin(async move { query(stmt).fetch_optional(conn).await })
         });
         Ok(row.await?.map(QueryResult::from))
     }
@@ -269,7 +276,7 @@ impl ConnectionTrait for PgReadPool {
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         let rows = self.run(true, |conn| {
             let stmt = stmt.clone();
-            Box::pin(async move { query(&stmt).fetch_all(conn).await })
+            Box::pin(async move { query(stmt).fetch_all(conn).await })
         });
         Ok(rows.await?.into_iter().map(QueryResult::from).collect())
     }
