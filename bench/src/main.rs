@@ -318,6 +318,11 @@ async fn prepare_users(http: &Http, n: usize, tag: &str) -> anyhow::Result<Vec<S
     Ok(emails)
 }
 
+/// The access tokens of (access, refresh) pairs.
+fn access_tokens(pairs: Vec<(String, String)>) -> Vec<String> {
+    pairs.into_iter().map(|(access, _)| access).collect()
+}
+
 async fn login_all(http: &Http, emails: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for email in emails {
@@ -332,8 +337,6 @@ async fn login_all(http: &Http, emails: &[String]) -> anyhow::Result<Vec<(String
 struct Interleave<'a> {
     bare: &'a Bare,
     name: &'static str,
-    /// Slices of the scenario; the bare rate gets one more.
-    slices: u32,
     /// The bare rate over all its slices.
     measured: Measured,
     /// The rate of each bare slice, and of each scenario slice (one fewer).
@@ -376,7 +379,12 @@ where
     F: Fn(S) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = (S, bool)> + Send,
 {
-    let slices = interleave.as_ref().map_or(1, |i| i.slices.max(1));
+    // `--slices` slices of the scenario (the bare rate gets one more), or one without a bare
+    // counterpart.
+    let slices = match interleave {
+        Some(_) => args.slices.max(1),
+        None => 1,
+    };
     let slice = Duration::from_secs(args.duration) / slices;
     if let Some(interleave) = interleave.as_deref_mut() {
         interleave.bare_slice(slice, true).await?;
@@ -425,8 +433,7 @@ async fn scenario(
         }
         "me" => {
             let emails = prepare_users(&http, args.users, "me").await?;
-            let tokens = login_all(&http, &emails).await?;
-            let tokens: Arc<Vec<String>> = Arc::new(tokens.into_iter().map(|(a, _)| a).collect());
+            let tokens = Arc::new(access_tokens(login_all(&http, &emails).await?));
             let step = me_step(http.clone(), tokens, c);
             load(args, (0..c).collect(), step, interleave).await?
         }
@@ -437,11 +444,7 @@ async fn scenario(
                 return Ok(line);
             }
             let emails = prepare_users(&http, args.users, "me-wrk").await?;
-            let tokens: Vec<String> = login_all(&http, &emails)
-                .await?
-                .into_iter()
-                .map(|(a, _)| a)
-                .collect();
+            let tokens = access_tokens(login_all(&http, &emails).await?);
             let (summary, server_s, machine_s) = wrk::me(
                 server.dir.path(),
                 &format!("http://{}", http.addr()),
@@ -477,8 +480,7 @@ async fn scenario(
                 duration: Duration::from_secs(args.duration),
             };
             let emails = prepare_users(&http, 64, "flood-me").await?;
-            let tokens = login_all(&http, &emails).await?;
-            let tokens: Arc<Vec<String>> = Arc::new(tokens.into_iter().map(|(a, _)| a).collect());
+            let tokens = Arc::new(access_tokens(login_all(&http, &emails).await?));
             let flood_emails = Arc::new(prepare_users(&http, c, "flood").await?);
             let flood = tokio::spawn(drive(
                 duration,
@@ -579,8 +581,7 @@ async fn soak(server: &Server, seconds: u64) -> anyhow::Result<()> {
     let pid = server.child.id();
     let http = server.http.clone();
     let emails = prepare_users(&http, 128, "soak").await?;
-    let tokens = login_all(&http, &emails).await?;
-    let access: Arc<Vec<String>> = Arc::new(tokens.iter().map(|(a, _)| a.clone()).collect());
+    let access = Arc::new(access_tokens(login_all(&http, &emails).await?));
     // The refresh chains get sessions of their own: a rotation ends the access token of its
     // session, which the `/users/me` clients must keep using.
     let chains: Vec<String> = login_all(&http, &emails[..2])
@@ -682,7 +683,6 @@ async fn run_scenarios(args: &Args, server: &Server) -> anyhow::Result<()> {
                 .map(|(bare, counterpart)| Interleave {
                     bare,
                     name: counterpart,
-                    slices: args.slices,
                     measured: Measured::default(),
                     bare_rates: Vec::new(),
                     scenario_rates: Vec::new(),
