@@ -64,6 +64,10 @@ struct Args {
     /// Pin the server to these CPUs with taskset (e.g. 0); empty: no pinning.
     #[arg(long, default_value = "0")]
     server_cpus: String,
+    /// With `--backend postgres`: pin PostgreSQL and Redis to these CPUs for the run (their
+    /// CPUs are restored afterwards); empty: leave them where they are.
+    #[arg(long, default_value = "1")]
+    services_cpus: String,
     /// Scenarios to run (comma-separated): health,me,me_wrk,refresh,login,register,
     /// me_under_login_flood. `me_wrk` is `me` through wrk (skipped if wrk is not installed).
     #[arg(
@@ -844,6 +848,14 @@ async fn main() -> anyhow::Result<()> {
     }
     // The server runs in a temporary working directory.
     args.server = args.server.canonicalize()?;
+    // Pinned before the server starts, so the backends of its connections inherit the CPUs.
+    let _services = match (args.backend, cpus::parse(&args.services_cpus)?) {
+        (Backend::Postgres, Some(cpus)) => Some(cpus::ServicesPinned::to(
+            &["postgres", "redis-server"],
+            &cpus,
+        )?),
+        _ => None,
+    };
     let server = start_server(&args).await?;
     let result = async {
         if let Some(seconds) = args.soak {
