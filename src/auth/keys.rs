@@ -85,6 +85,8 @@ pub struct SigningKey {
     /// The private key parsed once for signing: jsonwebtoken's `encode` re-parses the DER on
     /// every signature, which makes RS256 signing ~2.7x slower (see bench/README.md).
     pub key_pair: aws_lc_rs::signature::RsaKeyPair,
+    /// jsonwebtoken's form of the public key; verifying with it uses the key parsed once by
+    /// [`rs256`](super::rs256).
     pub decoding: DecodingKey,
     pub jwk: PublicJwk,
 }
@@ -148,6 +150,9 @@ impl SigningKey {
             .map_err(|err| ConfigError(format!("the {} private key: {err}", kind.as_str())))?;
         let decoding = DecodingKey::from_rsa_components(&jwk.n, &jwk.e)
             .map_err(|err| ConfigError(format!("the {} public key: {err}", kind.as_str())))?;
+        // Verification uses the public key parsed here, once, not rebuilt per token.
+        use aws_lc_rs::signature::KeyPair;
+        super::rs256::remember(&decoding, key_pair.public_key().as_ref());
         Ok(Self {
             bits,
             jwk: PublicJwk {

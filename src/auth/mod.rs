@@ -6,4 +6,5 @@ pub mod csrf;
 pub mod guard;
 pub mod keys;
 pub mod password;
+pub mod rs256;
 pub mod tokens;
