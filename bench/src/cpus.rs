@@ -41,22 +41,10 @@ pub struct Pinned {
 
 impl Pinned {
     pub fn to(cpus: &[usize]) -> anyhow::Result<Self> {
-        // SAFETY: `cpu_set_t` is a plain bit set, valid when zeroed; the CPU_* helpers and
-        // sched_getaffinity only write inside the set they are given.
-        let (before, target) = unsafe {
-            let mut before: libc::cpu_set_t = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            anyhow::ensure!(
-                libc::sched_getaffinity(0, size, &mut before) == 0,
-                "sched_getaffinity: {}",
-                std::io::Error::last_os_error()
-            );
-            let mut target: libc::cpu_set_t = std::mem::zeroed();
-            for &cpu in cpus {
-                libc::CPU_SET(cpu, &mut target);
-            }
-            (before, target)
-        };
+        let before = affinity(0).ok_or_else(|| {
+            anyhow::anyhow!("sched_getaffinity: {}", std::io::Error::last_os_error())
+        })?;
+        let target = cpu_set(cpus);
         set_all_threads(&target)?;
         Ok(Self { before })
     }
@@ -96,9 +84,21 @@ fn set_affinity(tid: libc::pid_t, set: &libc::cpu_set_t) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A thread's CPUs, `None` if it has exited.
+/// The set of the given CPUs.
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: `cpu_set_t` is a plain bit set, valid when zeroed; CPU_SET writes only inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        set
+    }
+}
+
+/// A thread's CPUs (0: the calling thread), `None` if it has exited.
 fn affinity(tid: libc::pid_t) -> Option<libc::cpu_set_t> {
-    // SAFETY: as in `Pinned::to`; the call writes only inside `set`.
+    // SAFETY: a zeroed `cpu_set_t` is valid; sched_getaffinity writes only inside `set`.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         (libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
@@ -138,14 +138,7 @@ impl ServicesPinned {
             .filter_map(|tid| Some((tid, affinity(tid)?)))
             .collect();
         anyhow::ensure!(!before.is_empty(), "no running process is one of {names:?}");
-        // SAFETY: as in `Pinned::to`.
-        let target = unsafe {
-            let mut target: libc::cpu_set_t = std::mem::zeroed();
-            for &cpu in cpus {
-                libc::CPU_SET(cpu, &mut target);
-            }
-            target
-        };
+        let target = cpu_set(cpus);
         let pinned = Self {
             names: names.to_vec(),
             before,

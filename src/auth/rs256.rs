@@ -31,6 +31,12 @@ struct ParsedKey {
     key: ParsedPublicKey,
 }
 
+impl ParsedKey {
+    fn is(&self, n: &[u8], e: &[u8]) -> bool {
+        self.n == n && self.e == e
+    }
+}
+
 static PARSED: RwLock<VecDeque<Arc<ParsedKey>>> = RwLock::new(VecDeque::new());
 
 static PROVIDER: LazyLock<CryptoProvider> = LazyLock::new(|| CryptoProvider {
@@ -49,20 +55,20 @@ pub fn install() -> bool {
 }
 
 /// Keeps the parsed form of an RSA public key (DER, PKCS#1) for verifying with `decoding`, the
-/// same key as jsonwebtoken holds it. Returns `false`, keeping nothing, for a key aws-lc refuses
-/// (verification then fails the way jsonwebtoken's own would).
-pub fn remember(decoding: &DecodingKey, public_der: &[u8]) -> bool {
+/// same key as jsonwebtoken holds it. A key aws-lc refuses is not kept (verification then fails
+/// the way jsonwebtoken's own would).
+pub fn remember(decoding: &DecodingKey, public_der: &[u8]) {
     install();
     let DecodingKeyKind::RsaModulusExponent { n, e } = decoding.kind() else {
-        return false;
+        return;
     };
     let Ok(key) = ParsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, public_der) else {
-        return false;
+        return;
     };
     // A poisoned lock only means a panic elsewhere during a push or a pop: the list is whole.
     let mut parsed = PARSED.write().unwrap_or_else(|e| e.into_inner());
-    if parsed.iter().any(|p| p.n == *n && p.e == *e) {
-        return true;
+    if parsed.iter().any(|p| p.is(n, e)) {
+        return;
     }
     if parsed.len() == CAPACITY {
         parsed.pop_front();
@@ -72,7 +78,6 @@ pub fn remember(decoding: &DecodingKey, public_der: &[u8]) -> bool {
         e: e.clone(),
         key,
     }));
-    true
 }
 
 /// The parsed key for jsonwebtoken's `key`, if [`remember`] kept it.
@@ -84,7 +89,7 @@ fn lookup(key: &DecodingKey) -> Option<Arc<ParsedKey>> {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .find(|p| p.n == *n && p.e == *e)
+        .find(|p| p.is(n, e))
         .cloned()
 }
 
