@@ -101,7 +101,10 @@ impl managed::Manager for Manager {
     type Error = sqlx::Error;
 
     async fn create(&self) -> Result<ReadConnection, sqlx::Error> {
-        let conn = PgConnection::connect_with(&self.options).await?;
+        // Boxed, like the ping below: sqlx's connect future is several KiB, and unboxed it
+        // would make every checkout's future (and every query's) that large, to be moved
+        // and copied on each request for a path taken once per connection.
+        let conn = Box::pin(PgConnection::connect_with(&self.options)).await?;
         Ok(ReadConnection {
             conn,
             finished: true,
@@ -121,7 +124,9 @@ impl managed::Manager for Manager {
             ));
         }
         if metrics.last_used() >= IDLE_BEFORE_CHECK {
-            read.conn.ping().await.map_err(RecycleError::Backend)?;
+            Box::pin(read.conn.ping())
+                .await
+                .map_err(RecycleError::Backend)?;
         }
         Ok(())
     }
