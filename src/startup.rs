@@ -272,19 +272,20 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .at("/openapi.yaml", spec_yaml)
         .at("/metrics", poem::get(metrics_endpoint))
         .with(CookieJarManager::new())
-        .around(limit_body)
-        .around(move |next, req| limit_time(next, req, timeout))
-        .catch_all_error(|err| async move {
-            // Keep the operation id poem-openapi attached to the error, for the metrics.
-            let operation = err.data::<OperationId>().copied();
-            let mut response = error::from_poem_error(err).as_response();
-            if let Some(operation) = operation {
-                response.set_data(operation);
-            }
-            response
-        })
+        .around(move |next, req| limit(next, req, timeout))
         .around(move |next, req| frame_request(next, req, frame.clone()))
         .data(state)
+}
+
+/// Any error of the layers below as the JSON error response it stands for, keeping the
+/// operation id poem-openapi attached to it, for the metrics.
+fn error_response(err: poem::Error) -> Response {
+    let operation = err.data::<OperationId>().copied();
+    let mut response = error::from_poem_error(err).as_response();
+    if let Some(operation) = operation {
+        response.set_data(operation);
+    }
+    response
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -315,14 +316,19 @@ fn operation_label(response: &Response, path: &str) -> &'static str {
     }
 }
 
-/// A request that takes longer than `REQUEST_TIMEOUT_SECS` is answered with 503.
-async fn limit_time<E: Endpoint>(
+/// The limits every request is held to: `REQUEST_TIMEOUT_SECS` for the whole request (503
+/// past it), and at most `MAX_BODY_BYTES` of body, read before anything parses it (413).
+///
+/// One layer rather than one per limit: poem nests each layer's future in the one outside
+/// it, each keeping its own copy of the request, and the whole nest is moved into a box on
+/// every request (bench/README.md, change 14).
+async fn limit<E: Endpoint>(
     next: Arc<E>,
     req: Request,
     timeout: std::time::Duration,
 ) -> poem::Result<Response> {
-    match tokio::time::timeout(timeout, next.call(req)).await {
-        Ok(result) => Ok(result?.into_response()),
+    match tokio::time::timeout(timeout, limit_body(&*next, req)).await {
+        Ok(result) => result,
         Err(_) => Err(ApiError::new(
             ErrorCode::ServiceUnavailable,
             "the request took too long; retry shortly",
@@ -402,7 +408,10 @@ async fn cors_and_harden<E: Endpoint>(
             .status(poem::http::StatusCode::NO_CONTENT)
             .finish()
     } else {
-        next.call(req).await?.into_response()
+        match next.call(req).await {
+            Ok(response) => response.into_response(),
+            Err(err) => error_response(err),
+        }
     };
     let headers = response.headers_mut();
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
@@ -480,8 +489,8 @@ async fn cors_and_harden<E: Endpoint>(
     Ok(response)
 }
 
-/// Reads at most `MAX_BODY_BYTES` of the body before anything parses it.
-async fn limit_body<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result<Response> {
+/// Reads at most `MAX_BODY_BYTES` of the body before `next` sees the request.
+async fn limit_body<E: Endpoint>(next: &E, mut req: Request) -> poem::Result<Response> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -491,9 +500,9 @@ async fn limit_body<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result
         return Err(error::payload_too_large().into());
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let body = req.take_body();
-        let bytes = body
-            .into_bytes_limit(MAX_BODY_BYTES)
+        // Boxed: the read's future is larger than the rest of the request's, and a GET
+        // (the guard's hot path) would otherwise carry its space.
+        let bytes = Box::pin(req.take_body().into_bytes_limit(MAX_BODY_BYTES))
             .await
             .map_err(|err| match err {
                 poem::error::ReadBodyError::PayloadTooLarge => error::payload_too_large(),
