@@ -548,3 +548,33 @@ async fn limit_body<E: Endpoint>(next: &E, mut req: Request) -> poem::Result<Res
     }
     Ok(next.call(req).await?.into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Site;
+
+    #[test]
+    fn only_the_docs_the_spec_and_the_metrics_are_served_beside_the_api() {
+        for path in [
+            "/docs",
+            "/docs/",
+            "/docs/index.html",
+            "/openapi.json",
+            "/openapi.yaml",
+            "/metrics",
+        ] {
+            assert!(Site::is_beside(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/docsx",
+            "/metrics/x",
+            "/openapi.jsonx",
+            "/api/v1/users/me",
+            "/health/live",
+            "/.well-known/jwks.json",
+        ] {
+            assert!(!Site::is_beside(path), "{path}");
+        }
+    }
+}
