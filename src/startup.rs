@@ -304,7 +304,8 @@ impl<A: Endpoint> Endpoint for Site<A> {
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
         if Site::is_beside(req.uri().path()) {
-            self.beside.call(req).await
+            // Boxed: the router's future would otherwise widen every API request's.
+            Box::pin(self.beside.call(req)).await
         } else {
             self.api.call(req).await.map(IntoResponse::into_response)
         }
