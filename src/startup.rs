@@ -289,13 +289,13 @@ struct Site<A> {
     beside: Route,
 }
 
-impl Site<()> {
-    /// Whether `path` is served beside the API rather than by it.
-    fn is_beside(path: &str) -> bool {
-        matches!(
-            path,
-            "/metrics" | "/openapi.json" | "/openapi.yaml" | "/docs"
-        ) || path.starts_with("/docs/")
+/// The metrics label of a path served beside the API, `None` for the API's paths.
+fn beside_label(path: &str) -> Option<&'static str> {
+    match path {
+        "/metrics" => Some("metrics"),
+        "/openapi.json" | "/openapi.yaml" => Some("openapi"),
+        p if p == "/docs" || p.starts_with("/docs/") => Some("docs"),
+        _ => None,
     }
 }
 
@@ -303,7 +303,7 @@ impl<A: Endpoint> Endpoint for Site<A> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
-        if Site::is_beside(req.uri().path()) {
+        if beside_label(req.uri().path()).is_some() {
             // Boxed: the router's future would otherwise widen every API request's.
             Box::pin(self.beside.call(req)).await
         } else {
@@ -343,12 +343,7 @@ fn operation_label(response: &Response, path: &str) -> &'static str {
     if let Some(OperationId(id)) = response.data::<OperationId>() {
         return id;
     }
-    match path {
-        "/metrics" => "metrics",
-        "/openapi.json" | "/openapi.yaml" => "openapi",
-        p if p == "/docs" || p.starts_with("/docs/") => "docs",
-        _ => "unmatched",
-    }
+    beside_label(path).unwrap_or("unmatched")
 }
 
 /// The limits every request is held to: `REQUEST_TIMEOUT_SECS` for the whole request (503
@@ -413,18 +408,14 @@ async fn frame_request<E: Endpoint>(
 ) -> poem::Result<Response> {
     let request_id = request_id::for_request(&req);
     let span = tracing::info_span!("request", request_id = %request_id);
-    let mut response = cors_and_harden(next, req, &frame).instrument(span).await?;
+    let mut response = cors_and_harden(next, req, &frame).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(request_id::HEADER, value);
     }
     Ok(response)
 }
 
-async fn cors_and_harden<E: Endpoint>(
-    next: Arc<E>,
-    req: Request,
-    frame: &Frame,
-) -> poem::Result<Response> {
+async fn cors_and_harden<E: Endpoint>(next: Arc<E>, req: Request, frame: &Frame) -> Response {
     let cors = &frame.cors;
     let started = Instant::now();
     let method = req.method().clone();
@@ -521,7 +512,7 @@ async fn cors_and_harden<E: Endpoint>(
         latency_us = elapsed.as_micros() as u64,
         "request"
     );
-    Ok(response)
+    response
 }
 
 /// Reads at most `MAX_BODY_BYTES` of the body before `next` sees the request.
@@ -552,7 +543,7 @@ async fn limit_body<E: Endpoint>(next: &E, mut req: Request) -> poem::Result<Res
 
 #[cfg(test)]
 mod tests {
-    use super::Site;
+    use super::beside_label;
 
     #[test]
     fn only_the_docs_the_spec_and_the_metrics_are_served_beside_the_api() {
@@ -564,7 +555,7 @@ mod tests {
             "/openapi.yaml",
             "/metrics",
         ] {
-            assert!(Site::is_beside(path), "{path}");
+            assert!(beside_label(path).is_some(), "{path}");
         }
         for path in [
             "/",
@@ -575,7 +566,7 @@ mod tests {
             "/health/live",
             "/.well-known/jwks.json",
         ] {
-            assert!(!Site::is_beside(path), "{path}");
+            assert_eq!(beside_label(path), None, "{path}");
         }
     }
 }
