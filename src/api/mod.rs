@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod health;
+pub mod json_body;
 pub mod jwks;
 pub mod request;
 pub mod sessions;

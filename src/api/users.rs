@@ -2,10 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::{
     ApiTags,
+    json_body::JsonBody,
     request::{Text, text},
     validate::Validator,
 };
@@ -20,8 +22,10 @@ use crate::{
     state::AppState,
 };
 
+// Also `Serialize`, for `JsonBody`: the serde form is the poem-openapi form (a test checks).
+// (A plain comment: doc comments become the schema's description in the spec.)
 /// A user as clients see it. Never carries the password hash.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 pub struct UserResponse {
     pub id: Uuid,
     pub name: String,
@@ -29,8 +33,15 @@ pub struct UserResponse {
     pub email: String,
     /// `user` or `admin`.
     pub role: String,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339")]
     pub updated_at: DateTime<Utc>,
+}
+
+/// A time as poem-openapi writes it (`+00:00`, where serde's chrono form writes `Z`).
+fn rfc3339<S: serde::Serializer>(time: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&time.to_rfc3339())
 }
 
 impl From<user::Model> for UserResponse {
@@ -47,7 +58,7 @@ impl From<user::Model> for UserResponse {
 }
 
 /// `{"user": UserResponse}`.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 pub struct UserEnvelope {
     pub user: UserResponse,
 }
@@ -113,7 +124,7 @@ async fn confirm_password(
 pub enum UserResult {
     /// The user.
     #[oai(status = 200)]
-    Ok(Json<UserEnvelope>),
+    Ok(JsonBody<UserEnvelope>),
 }
 
 pub struct UsersApi;
@@ -123,7 +134,7 @@ impl UsersApi {
     /// The signed-in user.
     #[oai(path = "/me", method = "get", operation_id = "get_me")]
     async fn get_me(&self, auth: Authenticated) -> Result<UserResult, ApiError> {
-        Ok(UserResult::Ok(Json(auth.user.into())))
+        Ok(UserResult::Ok(JsonBody(auth.user.into())))
     }
 
     /// Change the signed-in user's name.
@@ -138,7 +149,7 @@ impl UsersApi {
         let name = v.name("name", text(body.0.name));
         let name = v.finish(name)?;
         let user = users::update_name(&state.db, auth.user, name).await?;
-        Ok(UserResult::Ok(Json(user.into())))
+        Ok(UserResult::Ok(JsonBody(user.into())))
     }
 
     /// Change the signed-in user's password. Every other session is revoked; this one stays.
@@ -211,5 +222,36 @@ impl UsersApi {
         .detail(serde_json::json!({"by": "self"}));
         state.audit.record(req, event).await;
         Ok(NoContentResult::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use poem_openapi::types::ToJSON;
+
+    use super::*;
+
+    /// `JsonBody` writes the serde form; clients and the spec expect the poem-openapi form.
+    #[test]
+    fn user_envelope_serde_form_is_the_openapi_form() {
+        let at = Utc.with_ymd_and_hms(2026, 12, 2, 16, 48, 35).unwrap()
+            + chrono::Duration::microseconds(398_084);
+        let envelope = UserEnvelope {
+            user: UserResponse {
+                id: Uuid::new_v4(),
+                name: "Ada \"Countess\" Lovelace".into(),
+                email: "ada@example.com".into(),
+                role: "admin".into(),
+                created_at: at,
+                updated_at: at + chrono::Duration::days(1),
+            },
+        };
+        let serde_form = serde_json::to_value(&envelope).unwrap();
+        assert_eq!(Some(serde_form.clone()), envelope.to_json());
+        assert_eq!(
+            serde_form["user"]["created_at"],
+            "2026-12-02T16:48:35.398084+00:00"
+        );
     }
 }

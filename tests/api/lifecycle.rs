@@ -33,6 +33,7 @@ async fn full_lifecycle_with_bearer_tokens(app: TestApp) {
     assert_eq!(body["user"]["name"], user.name);
     assert_eq!(body["user"]["role"], "user");
     assert!(body["user"].get("password_hash").is_none());
+    let registered = body["user"].clone();
 
     // Login
     let (status, body) = status_and_json(app.login(&user.email, &user.password).await).await;
@@ -52,10 +53,16 @@ async fn full_lifecycle_with_bearer_tokens(app: TestApp) {
     assert_eq!(body["user"]["email"], user.email);
     let first = Tokens::from_json(&body);
 
-    // Me
-    let (status, me) = status_and_json(app.me(&first.access).await).await;
+    // Me: the same user, in the same form as the registration's answer (the two are
+    // written by different serializers: src/api/json_body.rs)
+    let response = app.me(&first.access).await;
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/json; charset=utf-8"
+    );
+    let (status, me) = status_and_json(response).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(me["user"]["email"], user.email);
+    assert_eq!(me, json!({ "user": registered }));
 
     // Refresh: a new pair for the same session
     let (status, body) = status_and_json(app.refresh(&first.refresh).await).await;
