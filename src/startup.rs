@@ -27,7 +27,7 @@ use crate::{
     session::{
         SessionStore, StoreError, memory::MemoryStore, redis::RedisStore, redis_client::RedisClient,
     },
-    state::AppState,
+    state::{AppState, Services},
     telemetry::{metrics::Metrics, request_id},
 };
 use poem_openapi::OperationId;
@@ -157,7 +157,7 @@ impl Application {
         Ok(Self {
             acceptor,
             local_addr,
-            state: AppState {
+            state: AppState::new(Services {
                 db,
                 reads,
                 sessions,
@@ -168,7 +168,7 @@ impl Application {
                 settings: Arc::new(settings),
                 metrics,
                 audit,
-            },
+            }),
         })
     }
 
@@ -407,11 +407,14 @@ async fn frame_request<E: Endpoint>(
     frame: Arc<Frame>,
 ) -> poem::Result<Response> {
     let request_id = request_id::for_request(&req);
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or_default()
+    );
     let mut response = cors_and_harden(next, req, &frame).instrument(span).await;
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(request_id::HEADER, value);
-    }
+    response
+        .headers_mut()
+        .insert(request_id::HEADER, request_id);
     Ok(response)
 }
 
