@@ -7,9 +7,9 @@
 //! writes `T`'s `Serialize` form; a test holds the two forms equal for every type sent this way.
 
 use poem::{
-    IntoResponse, Response, ResponseParts,
+    IntoResponse, Response,
     error::ResponseError,
-    http::{Extensions, HeaderMap, HeaderValue, StatusCode, Version, header},
+    http::{HeaderValue, header},
 };
 use poem_openapi::{
     payload::{Json, Payload},
@@ -48,20 +48,15 @@ impl<T: Type + Serialize + Send> IntoResponse for JsonBody<T> {
     fn into_response(self) -> Response {
         match serde_json::to_vec(&self.0) {
             Ok(body) => {
-                let mut headers = HeaderMap::with_capacity(RESPONSE_HEADERS);
+                let mut response = Response::builder().body(body);
+                // Still empty, so this is the map's first and only allocation.
+                let headers = response.headers_mut();
+                headers.reserve(RESPONSE_HEADERS);
                 headers.insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(<Self as Payload>::CONTENT_TYPE),
                 );
-                Response::from_parts(
-                    ResponseParts {
-                        status: StatusCode::OK,
-                        version: Version::default(),
-                        headers,
-                        extensions: Extensions::new(),
-                    },
-                    body.into(),
-                )
+                response
             }
             // Plain structs of strings, ids and dates always serialize; if one ever did not,
             // the client gets the service's JSON error, not a half-written body.
