@@ -7,14 +7,12 @@
 use std::sync::Arc;
 
 use chrono::{SubsecRound, Utc};
-use poem::Request;
-use sea_orm::DatabaseConnection;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    api::request::{client_ip, user_agent},
-    db::{self, entities::audit_event},
+    client::ClientInfo,
+    db::{Database, entities::audit_event},
     telemetry::metrics::Metrics,
 };
 
@@ -35,6 +33,11 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// The event type named `name`, if there is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::iter().find(|kind| kind.as_str() == name)
+    }
+
     /// Every event type.
     pub fn iter() -> impl Iterator<Item = EventType> {
         [
@@ -98,37 +101,28 @@ impl Event {
 /// Records events.
 #[derive(Clone)]
 pub struct Audit {
-    db: DatabaseConnection,
+    db: Database,
     metrics: Arc<Metrics>,
-    trusted_proxies: Arc<Vec<ipnet::IpNet>>,
 }
 
 impl Audit {
-    pub fn new(
-        db: DatabaseConnection,
-        metrics: Arc<Metrics>,
-        trusted_proxies: Vec<ipnet::IpNet>,
-    ) -> Self {
-        Self {
-            db,
-            metrics,
-            trusted_proxies: Arc::new(trusted_proxies),
-        }
+    pub fn new(db: Database, metrics: Arc<Metrics>) -> Self {
+        Self { db, metrics }
     }
 
-    /// Stores `event` with the request's client IP and user agent.
-    pub async fn record(&self, req: &Request, event: Event) {
+    /// Stores `event` with the client's IP and user agent.
+    pub async fn record(&self, client: &ClientInfo, event: Event) {
         let row = audit_event::Model {
             id: Uuid::new_v4(),
             occurred_at: Utc::now().trunc_subsecs(6),
             event_type: event.kind.as_str().to_owned(),
             user_id: event.user_id,
             session_id: event.session_id,
-            ip: client_ip(req, &self.trusted_proxies).map(|ip| ip.to_string()),
-            user_agent: user_agent(req),
+            ip: client.ip.map(|ip| ip.to_string()),
+            user_agent: client.user_agent.clone(),
             detail: event.detail.map(|d| d.to_string()),
         };
-        if let Err(err) = db::audit::insert(&self.db, row).await {
+        if let Err(err) = self.db.audit().insert(row).await {
             self.metrics.audit_failures.inc();
             tracing::error!(
                 event = event.kind.as_str(),

@@ -2,22 +2,14 @@
 
 use std::{ops::Deref, sync::Arc};
 
-use sea_orm::DatabaseConnection;
-
 use crate::{
-    audit::Audit,
-    auth::{cookies::CookiePolicy, password::PasswordService, tokens::TokenService},
-    config::Settings,
-    db::reads::Reads,
-    limits::Limiter,
-    session::SessionStore,
+    accounts::Accounts, auth::tokens::TokenService, config::Settings, db::Database,
     telemetry::metrics::Metrics,
 };
 
 /// What every endpoint can reach, as one `Arc`: poem attaches a clone of it to every request,
-/// and a clone of the handles themselves took ~20 reference-count updates and a copy of all
-/// of them each time (bench/README.md, change 17). Fields read through `Deref`
-/// (`state.tokens`).
+/// so a clone must be one reference count, not one per handle. Fields read through `Deref`
+/// (`state.accounts`).
 #[derive(Clone)]
 pub struct AppState(Arc<Services>);
 
@@ -37,15 +29,12 @@ impl Deref for AppState {
 
 /// The service's handles.
 pub struct Services {
-    pub db: DatabaseConnection,
-    /// The hot path's user loads (guard, refresh, login): see `db::reads`.
-    pub reads: Reads,
-    pub sessions: Arc<dyn SessionStore>,
+    /// Every account flow.
+    pub accounts: Accounts,
+    /// The keys and tokens, for the JWKS and the key reloads.
     pub tokens: Arc<TokenService>,
-    pub passwords: PasswordService,
-    pub limits: Limiter,
-    pub cookies: Arc<CookiePolicy>,
+    /// The database (the same handle the flows use), for maintenance and tests.
+    pub db: Database,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
-    pub audit: Audit,
 }

@@ -9,14 +9,19 @@
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use latchkey::{
-    config::{KeyPaths, KeySource, Settings},
-    db::{
-        entities::user::Role,
-        users::{self, NewUser},
+    accounts::Registration,
+    auth::{
+        keys::{KeyPaths, KeySource},
+        password::PasswordService,
     },
-    session::{NewSession, RotateOutcome, Rotation},
+    client::ClientInfo,
+    config::Settings,
+    session::{
+        NewSession, RotateOutcome, Rotation, SessionStore, memory::MemoryStore, redis::RedisStore,
+    },
     startup::Application,
     state::AppState,
+    store::redis::RedisClient,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -77,9 +82,12 @@ impl Measured {
     }
 }
 
-/// An in-process application on the server's backends, with a user and a live session.
+/// An in-process application on the server's backends, with a user and a live session, and
+/// the parts measured on their own (password hashing, the session store's rotation step).
 pub struct Bare {
     state: AppState,
+    passwords: PasswordService,
+    sessions: Arc<dyn SessionStore>,
     access: Arc<String>,
     hash: String,
     user_id: Uuid,
@@ -102,36 +110,42 @@ impl Bare {
         let mut vars = env.clone();
         vars.insert("PORT".into(), "0".into());
         let mut settings = Settings::from_vars(&vars)?;
-        settings.keys = KeySource::Files(KeyPaths::in_dir(keys_dir));
+        settings.keys.source = KeySource::Files(KeyPaths::in_dir(keys_dir));
         if own_redis_prefix {
-            settings.redis_key_prefix = format!("latchkey-bench-bare:{}:", Uuid::new_v4().simple());
+            settings.redis.key_prefix = format!("latchkey-bench-bare:{}:", Uuid::new_v4().simple());
         }
         eprintln!("bench: building the in-process application for the bare rates");
         let app = Application::build(settings).await?;
         let state = app.state().clone();
+        let sessions: Arc<dyn SessionStore> = match &state.settings.redis.url {
+            Some(url) => {
+                let redis = &state.settings.redis;
+                let client = RedisClient::new(url.expose(), redis.access, redis.pool_size)?;
+                Arc::new(RedisStore::new(client, &redis.key_prefix))
+            }
+            None => Arc::new(MemoryStore::new()),
+        };
+        let passwords = PasswordService::new(&state.settings.passwords, state.metrics.clone())?;
         // A real user with a live session, as the guard sees it.
-        let hash = state.passwords.hash(PASSWORD.to_owned().into()).await?;
-        let user = users::insert(
-            &state.db,
-            NewUser {
-                name: "Bare".into(),
-                email: format!("bare-{}@bench.example", Uuid::new_v4().simple()),
-                password_hash: hash.clone(),
-                role: Role::User,
-            },
-        )
-        .await?;
-        let pair = state
-            .tokens
-            .issue_pair(user.id, "user", Uuid::new_v4())
+        let email = format!("bare-{}@bench.example", Uuid::new_v4().simple());
+        let form = Registration {
+            name: Some("Bare".into()),
+            email: Some(email.clone()),
+            password: Some(PASSWORD.into()),
+            password_confirm: Some(PASSWORD.into()),
+        };
+        let client = ClientInfo::local();
+        let user = state.accounts.register(form, &client).await?;
+        let signed_in = state
+            .accounts
+            .login(Some(email), Some(PASSWORD.into()), &client)
             .await?;
-        state
-            .sessions
-            .create(NewSession::for_pair(&pair, None, None))
-            .await?;
+        let hash = passwords.hash(PASSWORD.to_owned().into()).await?;
         Ok(Self {
             state,
-            access: Arc::new(pair.access_token),
+            passwords,
+            sessions,
+            access: Arc::new(signed_in.pair.access_token),
             hash,
             user_id: user.id,
             concurrency,
@@ -196,7 +210,7 @@ impl Bare {
                         let req = poem::Request::builder()
                             .header("Authorization", format!("Bearer {access}"))
                             .finish();
-                        latchkey::auth::guard::authenticate(&state, &req)
+                        latchkey::api::guard::authenticate(&state, &req)
                             .await
                             .is_ok()
                     }
@@ -206,13 +220,12 @@ impl Bare {
             ROTATION => self.rotations(run(warmup), tasks).await?,
             ARGON2 => {
                 let hash = self.hash.clone();
+                let passwords = self.passwords.clone();
                 rate(run(Duration::ZERO), tasks, move || {
-                    let state = state.clone();
+                    let passwords = passwords.clone();
                     let hash = hash.clone();
                     async move {
-                        let verified = state
-                            .passwords
-                            .verify(PASSWORD.to_owned().into(), Some(hash));
+                        let verified = passwords.verify(PASSWORD.to_owned().into(), Some(hash));
                         verified.await.unwrap_or(false)
                     }
                 })
@@ -230,8 +243,7 @@ impl Bare {
         for _ in 0..tasks {
             let (sid, refresh_jti) = (Uuid::new_v4(), Uuid::new_v4());
             let now = chrono::Utc::now().timestamp();
-            self.state
-                .sessions
+            self.sessions
                 .create(NewSession {
                     id: sid,
                     user_id: self.user_id,
@@ -246,15 +258,14 @@ impl Bare {
                 .await?;
             chains.push((sid, refresh_jti));
         }
-        let state = self.state.clone();
+        let sessions = self.sessions.clone();
         let user_id = self.user_id;
         Ok(drive(run, chains, move |(sid, current): (Uuid, Uuid)| {
-            let state = state.clone();
+            let sessions = sessions.clone();
             async move {
                 let now = chrono::Utc::now().timestamp();
                 let next = Uuid::new_v4();
-                let outcome = state
-                    .sessions
+                let outcome = sessions
                     .rotate(Rotation {
                         user_id,
                         session_id: sid,

@@ -5,36 +5,43 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
 };
-use serde_json::json;
 use uuid::Uuid;
 
 use super::{
     ApiTags,
-    request::{Text, text},
+    error::{Failure, error_set},
+    guard::{Admin, RequireRole},
+    request::{Text, client, text},
     users::UserResponse,
-    validate::{Validator, has_control_chars},
 };
 use crate::{
-    audit::{Event, EventType},
-    auth::guard::{Admin, RequireRole},
-    db::{
-        self,
-        audit::AuditFilter,
-        entities::{
-            audit_event,
-            user::{self, Role},
-        },
-        users::{self, AdminChange, ChangeOutcome, UserFilter},
-    },
-    error::{ApiError, ErrorCode},
+    accounts::{AdminUpdate, Page, PageQuery},
+    db::entities::{audit_event, user},
     state::AppState,
 };
 
-/// Largest page size.
-pub const MAX_PER_PAGE: i64 = 100;
-/// Largest page number: keeps `(page - 1) * per_page` far inside what the database accepts.
-pub const MAX_PAGE: i64 = 10_000_000;
-const DEFAULT_PER_PAGE: i64 = 20;
+error_set!(
+    /// What the admin listings can answer.
+    AdminListErrors: [GUARD, SERVER], ValidationFailed, Forbidden
+);
+error_set!(
+    /// What reading one user can answer.
+    AdminGetErrors: [GUARD, SERVER], MalformedRequest, Forbidden, NotFound
+);
+error_set!(
+    /// What changing a user can answer.
+    AdminUpdateErrors: [BODY, GUARD, SERVER], CsrfRejected, Forbidden, NotFound, LastAdmin
+);
+error_set!(
+    /// What deleting a user can answer.
+    AdminDeleteErrors: [GUARD, SERVER], MalformedRequest, PayloadTooLarge, CsrfRejected,
+    Forbidden, NotFound, LastAdmin
+);
+error_set!(
+    /// What revoking a user's sessions can answer.
+    AdminRevokeErrors: [GUARD, SERVER], MalformedRequest, PayloadTooLarge, CsrfRejected,
+    Forbidden, NotFound
+);
 
 /// A user as admins see it: the public view plus `disabled`.
 #[derive(Debug, Clone, Object)]
@@ -101,69 +108,6 @@ pub enum AdminNoContent {
     Done,
 }
 
-fn role_field(v: &mut Validator, field: &str, value: Option<String>) -> Option<Role> {
-    let value = value?;
-    let role = Role::parse(&value);
-    if role.is_none() {
-        let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
-        v.fail(field, format!("must be one of {}", names.join(", ")));
-    }
-    role
-}
-
-/// A whole-number query parameter within `range`; absent means `default`. Anything else,
-/// including numbers too large for 64 bits, is a field error (422), never a 400 or 500.
-fn bounded(
-    v: &mut Validator,
-    field: &str,
-    raw: Option<String>,
-    default: i64,
-    range: std::ops::RangeInclusive<i64>,
-) -> Option<i64> {
-    let Some(raw) = raw else {
-        return Some(default);
-    };
-    match raw.trim().parse::<i64>() {
-        Ok(n) if range.contains(&n) => Some(n),
-        _ if *range.end() == i64::MAX => {
-            v.fail(
-                field,
-                format!("must be a whole number of at least {}", range.start()),
-            );
-            None
-        }
-        _ => {
-            v.fail(
-                field,
-                format!(
-                    "must be a whole number from {} to {}",
-                    range.start(),
-                    range.end()
-                ),
-            );
-            None
-        }
-    }
-}
-
-/// `page` (from 1) and `per_page` (1 to 100, default 20) query parameters.
-fn pagination(
-    v: &mut Validator,
-    page: Option<String>,
-    per_page: Option<String>,
-) -> Option<(i64, i64)> {
-    let page = bounded(v, "page", page, 1, 1..=MAX_PAGE);
-    let per_page = bounded(v, "per_page", per_page, DEFAULT_PER_PAGE, 1..=MAX_PER_PAGE);
-    page.zip(per_page)
-}
-
-pub fn last_admin() -> ApiError {
-    ApiError::new(
-        ErrorCode::LastAdmin,
-        "this would leave no active admin: promote another admin first",
-    )
-}
-
 /// One audit event.
 #[derive(Debug, Clone, Object)]
 pub struct AuditEventResponse {
@@ -209,6 +153,32 @@ pub enum AuditPageResult {
     Ok(Json<AuditPage>),
 }
 
+impl UserPage {
+    fn new(page: Page<user::Model>) -> Self {
+        Self {
+            users: page.items.into_iter().map(Into::into).collect(),
+            page: page.page,
+            per_page: page.per_page,
+            total: page.total,
+        }
+    }
+}
+
+impl AuditPage {
+    fn new(page: Page<audit_event::Model>) -> Self {
+        Self {
+            events: page.items.into_iter().map(Into::into).collect(),
+            page: page.page,
+            per_page: page.per_page,
+            total: page.total,
+        }
+    }
+}
+
+fn admin_user(user: user::Model) -> AdminUserResult {
+    AdminUserResult::Ok(Json(AdminUserEnvelope { user: user.into() }))
+}
+
 pub struct AdminApi;
 
 #[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Admin")]
@@ -228,36 +198,13 @@ impl AdminApi {
         email: Query<Option<String>>,
         /// Only users with this role: `user` or `admin`.
         role: Query<Option<String>>,
-    ) -> Result<UserPageResult, ApiError> {
-        let mut v = Validator::new();
-        let paging = pagination(&mut v, page.0, per_page.0);
-        let role = role_field(&mut v, "role", role.0);
-        let email = email
-            .0
-            .map(|e| e.trim().to_lowercase())
-            .filter(|e| !e.is_empty());
-        if email.as_deref().is_some_and(has_control_chars) {
-            v.fail("email", "must not contain control characters");
-        }
-        let (page, per_page) = v.finish(paging)?;
-        let filter = UserFilter {
-            email_contains: email,
-            role,
+    ) -> Result<UserPageResult, Failure<AdminListErrors>> {
+        let query = PageQuery {
+            page: page.0,
+            per_page: per_page.0,
         };
-        // Both are positive here; a page past the end is simply empty.
-        let (found, total) = users::list(
-            &state.db,
-            &filter,
-            page.unsigned_abs(),
-            per_page.unsigned_abs(),
-        )
-        .await?;
-        Ok(UserPageResult::Ok(Json(UserPage {
-            users: found.into_iter().map(Into::into).collect(),
-            page,
-            per_page,
-            total,
-        })))
+        let found = state.accounts.list_users(query, email.0, role.0).await?;
+        Ok(UserPageResult::Ok(Json(UserPage::new(found))))
     }
 
     /// One user.
@@ -267,13 +214,8 @@ impl AdminApi {
         state: poem::web::Data<&AppState>,
         _admin: RequireRole<Admin>,
         id: Path<Uuid>,
-    ) -> Result<AdminUserResult, ApiError> {
-        let user = users::find_by_id(&state.db, id.0)
-            .await?
-            .ok_or_else(|| ApiError::not_found("no such user"))?;
-        Ok(AdminUserResult::Ok(Json(AdminUserEnvelope {
-            user: user.into(),
-        })))
+    ) -> Result<AdminUserResult, Failure<AdminGetErrors>> {
+        Ok(admin_user(state.accounts.get_user(id.0).await?))
     }
 
     /// Change a user's role or disable/enable it. Disabling revokes all its sessions at once.
@@ -290,62 +232,17 @@ impl AdminApi {
         admin: RequireRole<Admin>,
         id: Path<Uuid>,
         body: Json<AdminUpdateRequest>,
-    ) -> Result<AdminUserResult, ApiError> {
-        let body = body.0;
-        let mut v = Validator::new();
-        let role = role_field(&mut v, "role", text(body.role));
-        if role.is_none() && body.disabled.is_none() {
-            v.fail("role", "give role or disabled (or both)");
-        }
-        v.finish(Some(()))?;
-        let change = AdminChange::Update {
-            role,
-            disabled: body.disabled,
+    ) -> Result<AdminUserResult, Failure<AdminUpdateErrors>> {
+        let update = AdminUpdate {
+            role: text(body.0.role),
+            disabled: body.0.disabled,
         };
-        let before = users::find_by_id(&state.db, id.0).await?;
-        let user = match users::change_guarding_last_admin(&state.db, id.0, change).await? {
-            ChangeOutcome::Updated(user) => user,
-            ChangeOutcome::NotFound => return Err(ApiError::not_found("no such user")),
-            ChangeOutcome::LastAdmin => return Err(last_admin()),
-            ChangeOutcome::Deleted => return Err(ApiError::internal("update reported a delete")),
-        };
-        if user.disabled {
-            // The guard already refuses a disabled user's tokens; revoking ends the sessions
-            // so they do not come back if the account is enabled again. If the store fails
-            // here the client gets 503 and repeats the (idempotent) request; a login racing
-            // with the change re-reads the user after creating its session.
-            state.sessions.revoke_all(user.id, None).await?;
-        }
-        tracing::info!(
-            admin_id = %admin.auth.user.id,
-            user_id = %user.id,
-            role = user.role.as_str(),
-            disabled = user.disabled,
-            "user updated by admin"
-        );
-        let actor = admin.auth.user.id;
-        if let Some(before) = before {
-            if before.role != user.role {
-                let event = Event::new(EventType::RoleChanged, Some(user.id), None).detail(json!({
-                    "by": actor,
-                    "from": before.role.as_str(),
-                    "to": user.role.as_str(),
-                }));
-                state.audit.record(req, event).await;
-            }
-            if before.disabled != user.disabled {
-                let kind = if user.disabled {
-                    EventType::UserDisabled
-                } else {
-                    EventType::UserEnabled
-                };
-                let event = Event::new(kind, Some(user.id), None).detail(json!({"by": actor}));
-                state.audit.record(req, event).await;
-            }
-        }
-        Ok(AdminUserResult::Ok(Json(AdminUserEnvelope {
-            user: user.into(),
-        })))
+        let client = client(&state, req);
+        let user = state
+            .accounts
+            .update_user(&admin.auth.caller, id.0, update, &client)
+            .await?;
+        Ok(admin_user(user))
     }
 
     /// Delete a user and revoke all its sessions. Deleting the last active admin is 409
@@ -361,20 +258,12 @@ impl AdminApi {
         req: &poem::Request,
         admin: RequireRole<Admin>,
         id: Path<Uuid>,
-    ) -> Result<AdminNoContent, ApiError> {
-        match users::change_guarding_last_admin(&state.db, id.0, AdminChange::Delete).await? {
-            ChangeOutcome::Deleted => {}
-            ChangeOutcome::NotFound => return Err(ApiError::not_found("no such user")),
-            ChangeOutcome::LastAdmin => return Err(last_admin()),
-            ChangeOutcome::Updated(_) => {
-                return Err(ApiError::internal("delete reported an update"));
-            }
-        }
-        state.sessions.revoke_all(id.0, None).await?;
-        tracing::info!(admin_id = %admin.auth.user.id, user_id = %id.0, "user deleted by admin");
-        let event = Event::new(EventType::UserDeleted, Some(id.0), None)
-            .detail(json!({"by": admin.auth.user.id}));
-        state.audit.record(req, event).await;
+    ) -> Result<AdminNoContent, Failure<AdminDeleteErrors>> {
+        let client = client(&state, req);
+        state
+            .accounts
+            .delete_user(&admin.auth.caller, id.0, &client)
+            .await?;
         Ok(AdminNoContent::Done)
     }
 
@@ -398,47 +287,16 @@ impl AdminApi {
         user_id: Query<Option<String>>,
         /// Only events of this type, e.g. `login_failed`.
         event_type: Query<Option<String>>,
-    ) -> Result<AuditPageResult, ApiError> {
-        let mut v = Validator::new();
-        let paging = pagination(&mut v, page.0, per_page.0);
-        let user_id = match user_id.0 {
-            Some(raw) => match Uuid::parse_str(raw.trim()) {
-                Ok(id) => Some(id),
-                Err(_) => {
-                    v.fail("user_id", "must be a UUID");
-                    None
-                }
-            },
-            None => None,
+    ) -> Result<AuditPageResult, Failure<AdminListErrors>> {
+        let query = PageQuery {
+            page: page.0,
+            per_page: per_page.0,
         };
-        let event_type = match event_type.0 {
-            Some(raw) => {
-                let known = EventType::iter().find(|kind| kind.as_str() == raw.trim());
-                if known.is_none() {
-                    v.fail("event_type", "is not a known event type");
-                }
-                known.map(|kind| kind.as_str().to_owned())
-            }
-            None => None,
-        };
-        let (page, per_page) = v.finish(paging)?;
-        let filter = AuditFilter {
-            user_id,
-            event_type,
-        };
-        let (events, total) = db::audit::list(
-            &state.db,
-            &filter,
-            page.unsigned_abs(),
-            per_page.unsigned_abs(),
-        )
-        .await?;
-        Ok(AuditPageResult::Ok(Json(AuditPage {
-            events: events.into_iter().map(Into::into).collect(),
-            page,
-            per_page,
-            total,
-        })))
+        let found = state
+            .accounts
+            .audit_events(query, user_id.0, event_type.0)
+            .await?;
+        Ok(AuditPageResult::Ok(Json(AuditPage::new(found))))
     }
 
     /// Revoke every session of a user (all devices); the account stays usable.
@@ -452,12 +310,11 @@ impl AdminApi {
         state: poem::web::Data<&AppState>,
         admin: RequireRole<Admin>,
         id: Path<Uuid>,
-    ) -> Result<AdminNoContent, ApiError> {
-        if users::find_by_id(&state.db, id.0).await?.is_none() {
-            return Err(ApiError::not_found("no such user"));
-        }
-        let revoked = state.sessions.revoke_all(id.0, None).await?;
-        tracing::info!(admin_id = %admin.auth.user.id, user_id = %id.0, revoked, "sessions revoked by admin");
+    ) -> Result<AdminNoContent, Failure<AdminRevokeErrors>> {
+        state
+            .accounts
+            .revoke_user_sessions(&admin.auth.caller, id.0)
+            .await?;
         Ok(AdminNoContent::Done)
     }
 }

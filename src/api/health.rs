@@ -2,11 +2,16 @@
 
 use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
-use super::ApiTags;
-use crate::{
-    error::{ApiError, ErrorCode, FieldError},
-    state::AppState,
+use super::{
+    ApiTags,
+    error::{ApiError, ErrorCode, Failure, FieldError, error_set},
 };
+use crate::state::AppState;
+
+error_set!(
+    /// What readiness can answer besides 200.
+    ReadyErrors: [], ServiceUnavailable
+);
 
 /// Probe result.
 #[derive(Debug, Clone, Object)]
@@ -41,35 +46,26 @@ impl HealthApi {
     /// Readiness: 200 when the database and the session store answer; otherwise 503
     /// `service_unavailable` with `Retry-After`, naming what is down in `details`.
     #[oai(path = "/ready", method = "get", operation_id = "health_ready")]
-    async fn ready(&self, state: poem::web::Data<&AppState>) -> Result<HealthResult, ApiError> {
-        // Both connections to the database: SeaORM's pool and the hot path's reads.
-        let db = async { tokio::try_join!(state.db.ping(), state.reads.ping()) };
-        let (db, store) = tokio::join!(db, state.sessions.ping());
-        let mut down = Vec::new();
-        if let Err(err) = db {
-            tracing::warn!(error = %err, "readiness: database down");
-            down.push(FieldError {
-                field: "database".into(),
-                issue: "not answering".into(),
-            });
-        }
-        if let Err(err) = store {
-            tracing::warn!(error = %err, "readiness: session store down");
-            down.push(FieldError {
-                field: "session_store".into(),
-                issue: "not answering".into(),
-            });
-        }
+    async fn ready(
+        &self,
+        state: poem::web::Data<&AppState>,
+    ) -> Result<HealthResult, Failure<ReadyErrors>> {
+        let down = state.accounts.dependencies_down().await;
         if down.is_empty() {
             return Ok(ok());
         }
-        let names: Vec<&str> = down.iter().map(|d| d.field.as_str()).collect();
+        let details = down
+            .iter()
+            .map(|name| FieldError {
+                field: (*name).into(),
+                issue: "not answering".into(),
+            })
+            .collect();
+        let message = format!("not ready: {} down", down.join(" and "));
         Err(ApiError {
-            details: down.clone(),
-            ..ApiError::new(
-                ErrorCode::ServiceUnavailable,
-                format!("not ready: {} down", names.join(" and ")),
-            )
-        })
+            details,
+            ..ApiError::new(ErrorCode::ServiceUnavailable, message)
+        }
+        .into())
     }
 }

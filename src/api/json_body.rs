@@ -1,10 +1,10 @@
 //! A JSON response body written straight from the value with serde.
 //!
 //! poem-openapi's `Json<T>` turns the value into a `serde_json::Value` tree first (a string and
-//! a map entry allocated per field) and then writes the tree out. For the response of the hot
-//! path, `GET /users/me`, that was 2.2% of the server's instructions per request
-//! (bench/README.md, change 16). `JsonBody<T>` documents the same schema (`T: Type`) and
-//! writes `T`'s `Serialize` form; a test holds the two forms equal for every type sent this way.
+//! a map entry allocated per field) and then writes the tree out; on the hot path's answer,
+//! `GET /users/me`, that costs measurably (bench/README.md). `JsonBody<T>` documents the same
+//! schema (`T: Type`) and writes `T`'s `Serialize` form; a test holds the two forms equal for
+//! every type sent this way.
 
 use poem::{
     IntoResponse, Response,
@@ -18,11 +18,11 @@ use poem_openapi::{
 };
 use serde::Serialize;
 
-use crate::error::ApiError;
+use super::error::ApiError;
 
 /// Room for the response's headers: the content type and those the outer layers add to every
 /// API response (security headers, `Cache-Control`, `Vary`, the request id, CORS), so the
-/// header map is allocated once, not grown on the way out (bench/README.md, change 17).
+/// header map is allocated once, not grown on the way out.
 const RESPONSE_HEADERS: usize = 12;
 
 /// A JSON response body; `T`'s serde form must match its poem-openapi form.

@@ -74,7 +74,10 @@ impl JwksApi {
         };
         JwksResult::Ok(
             Json(set),
-            format!("public, max-age={}", state.settings.jwks_max_age_secs),
+            format!(
+                "public, max-age={}",
+                state.settings.keys.jwks_max_age.as_secs()
+            ),
         )
     }
 }

@@ -1,15 +1,18 @@
-//! The HTTP API: one `#[OpenApi]` struct per resource, combined into one service, plus the
-//! request types and rules they share.
+//! The HTTP API: one `#[OpenApi]` struct per resource, combined into one service. Handlers
+//! are thin adapters over [`crate::accounts`]: they parse, call a flow, map its error
+//! ([`error`]) and set cookies ([`cookies`]); [`guard`] is the extractor of protected routes.
 
 pub mod admin;
 pub mod auth;
+pub mod cookies;
+pub mod error;
+pub mod guard;
 pub mod health;
 pub mod json_body;
 pub mod jwks;
 pub mod request;
 pub mod sessions;
 pub mod users;
-pub mod validate;
 
 use poem_openapi::{OpenApiService, Tags};
 

@@ -1,5 +1,5 @@
-//! What handlers need to know about the request itself: the client's IP and user agent, and an
-//! optional JSON body.
+//! What handlers need to know about the request itself: the client (IP and user agent), the
+//! headers the CSRF check reads, and an optional JSON body.
 
 use std::{borrow::Cow, net::IpAddr};
 
@@ -12,6 +12,8 @@ use poem_openapi::{
     types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
 };
 use serde_json::Value;
+
+use crate::{auth::csrf::Provenance, client::ClientInfo, state::AppState};
 
 /// User agents are stored with sessions; longer ones are cut to this many characters.
 const USER_AGENT_MAX_CHARS: usize = 256;
@@ -41,6 +43,24 @@ pub fn client_ip(req: &Request, trusted_proxies: &[IpNet]) -> Option<IpAddr> {
         }
     }
     Some(client)
+}
+
+/// The client of a request, as the flows record it.
+pub fn client(state: &AppState, req: &Request) -> ClientInfo {
+    ClientInfo {
+        ip: client_ip(req, &state.settings.http.trusted_proxies),
+        user_agent: user_agent(req),
+    }
+}
+
+/// The headers the CSRF check reads.
+pub fn provenance(req: &Request) -> Provenance<'_> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    Provenance {
+        sec_fetch_site: header("sec-fetch-site"),
+        origin: header("origin"),
+        referer: header("referer"),
+    }
 }
 
 /// The `User-Agent` header, truncated.

@@ -5,8 +5,23 @@ use poem::Request;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
 use uuid::Uuid;
 
-use super::ApiTags;
-use crate::{auth::guard::Authenticated, error::ApiError, session::SessionInfo, state::AppState};
+use super::{
+    ApiTags,
+    cookies::CookiePolicy,
+    error::{Failure, error_set},
+    guard::Authenticated,
+};
+use crate::{session::SessionInfo, state::AppState};
+
+error_set!(
+    /// What listing sessions can answer.
+    ListSessionsErrors: [GUARD, SERVER]
+);
+error_set!(
+    /// What revoking a session can answer.
+    RevokeSessionErrors: [GUARD, SERVER], MalformedRequest, PayloadTooLarge, CsrfRejected,
+    NotFound
+);
 
 /// One login on one device.
 #[derive(Debug, Clone, Object)]
@@ -72,13 +87,13 @@ impl SessionsApi {
         &self,
         state: poem::web::Data<&AppState>,
         auth: Authenticated,
-    ) -> Result<SessionListResult, ApiError> {
+    ) -> Result<SessionListResult, Failure<ListSessionsErrors>> {
         let sessions = state
-            .sessions
-            .list(auth.user.id)
+            .accounts
+            .list_sessions(&auth.caller)
             .await?
             .into_iter()
-            .map(|info| SessionResponse::new(info, auth.session_id))
+            .map(|info| SessionResponse::new(info, auth.caller.session_id))
             .collect();
         Ok(SessionListResult::Ok(Json(SessionList { sessions })))
     }
@@ -97,13 +112,10 @@ impl SessionsApi {
         req: &Request,
         auth: Authenticated,
         id: Path<Uuid>,
-    ) -> Result<RevokeSessionResult, ApiError> {
-        if !state.sessions.revoke(auth.user.id, id.0).await? {
-            return Err(ApiError::not_found("no such session"));
-        }
-        tracing::info!(user_id = %auth.user.id, session_id = %id.0, "session revoked");
-        if id.0 == auth.session_id {
-            state.cookies.clear_session(req.cookie());
+    ) -> Result<RevokeSessionResult, Failure<RevokeSessionErrors>> {
+        state.accounts.revoke_session(&auth.caller, id.0).await?;
+        if id.0 == auth.caller.session_id {
+            CookiePolicy::of(&state.settings).clear_session(req.cookie());
         }
         Ok(RevokeSessionResult::Revoked)
     }

@@ -7,20 +7,30 @@ use uuid::Uuid;
 
 use super::{
     ApiTags,
+    cookies::CookiePolicy,
+    error::{Failure, error_set},
+    guard::Authenticated,
     json_body::JsonBody,
-    request::{Text, text},
-    validate::Validator,
+    request::{Text, client, text},
 };
-use crate::{
-    audit::{Event, EventType},
-    auth::guard::Authenticated,
-    db::{
-        entities::user,
-        users::{self, AdminChange, ChangeOutcome},
-    },
-    error::ApiError,
-    state::AppState,
-};
+use crate::{db::entities::user, state::AppState};
+
+error_set!(
+    /// What reading the signed-in user can answer.
+    MeErrors: [GUARD, SERVER]
+);
+error_set!(
+    /// What renaming can answer.
+    RenameErrors: [BODY, GUARD, SERVER], CsrfRejected
+);
+error_set!(
+    /// What a password change can answer.
+    PasswordErrors: [BODY, GUARD, SERVER], CsrfRejected, Busy
+);
+error_set!(
+    /// What deleting one's account can answer.
+    DeleteMeErrors: [BODY, GUARD, SERVER], CsrfRejected, LastAdmin, Busy
+);
 
 // Also `Serialize`, for `JsonBody`: the serde form is the poem-openapi form (a test checks).
 // (A plain comment: doc comments become the schema's description in the spec.)
@@ -99,27 +109,6 @@ pub enum NoContentResult {
     Done,
 }
 
-/// Checks the caller's password; a wrong one is a 422 on the field, so a client does not
-/// mistake it for an expired token.
-async fn confirm_password(
-    state: &AppState,
-    user: &user::Model,
-    field: &str,
-    password: String,
-) -> Result<(), ApiError> {
-    let valid = state
-        .passwords
-        .verify(password.into(), Some(user.password_hash.clone()))
-        .await?;
-    if valid {
-        Ok(())
-    } else {
-        let mut v = Validator::new();
-        v.fail(field, "is incorrect");
-        v.finish(None::<()>)
-    }
-}
-
 #[derive(ApiResponse)]
 pub enum UserResult {
     /// The user.
@@ -133,8 +122,8 @@ pub struct UsersApi;
 impl UsersApi {
     /// The signed-in user.
     #[oai(path = "/me", method = "get", operation_id = "get_me")]
-    async fn get_me(&self, auth: Authenticated) -> Result<UserResult, ApiError> {
-        Ok(UserResult::Ok(JsonBody(auth.user.into())))
+    async fn get_me(&self, auth: Authenticated) -> Result<UserResult, Failure<MeErrors>> {
+        Ok(UserResult::Ok(JsonBody(auth.caller.user.into())))
     }
 
     /// Change the signed-in user's name.
@@ -144,11 +133,11 @@ impl UsersApi {
         state: poem::web::Data<&AppState>,
         auth: Authenticated,
         body: Json<UpdateMeRequest>,
-    ) -> Result<UserResult, ApiError> {
-        let mut v = Validator::new();
-        let name = v.name("name", text(body.0.name));
-        let name = v.finish(name)?;
-        let user = users::update_name(&state.db, auth.user, name).await?;
+    ) -> Result<UserResult, Failure<RenameErrors>> {
+        let user = state
+            .accounts
+            .rename(auth.caller, text(body.0.name))
+            .await?;
         Ok(UserResult::Ok(JsonBody(user.into())))
     }
 
@@ -165,25 +154,14 @@ impl UsersApi {
         req: &poem::Request,
         auth: Authenticated,
         body: Json<ChangePasswordRequest>,
-    ) -> Result<NoContentResult, ApiError> {
+    ) -> Result<NoContentResult, Failure<PasswordErrors>> {
         let body = body.0;
-        let mut v = Validator::new();
-        let current = v.given_password("current_password", text(body.current_password));
-        let new = v.new_password("new_password", text(body.new_password));
-        let (current, new) = v.finish(current.zip(new))?;
-        confirm_password(&state, &auth.user, "current_password", current).await?;
-        let hash = state.passwords.hash(new.into()).await?;
-        let (id, keep) = (auth.user.id, Some(auth.session_id));
-        // Whoever else holds a session may be the reason for the change: end them all. Before
-        // the change (if the store is down nothing changes and the client can retry), and
-        // after it, for a login that raced with the change. Login itself re-checks the hash.
-        state.sessions.revoke_all(id, keep).await?;
-        let user = users::update_password_hash(&state.db, auth.user, hash).await?;
-        let revoked = state.sessions.revoke_all(id, keep).await?;
-        tracing::info!(user_id = %user.id, revoked, "password changed");
-        let event = Event::new(EventType::PasswordChanged, Some(user.id), keep)
-            .detail(serde_json::json!({"other_sessions_revoked": revoked}));
-        state.audit.record(req, event).await;
+        let (current, new) = (text(body.current_password), text(body.new_password));
+        let client = client(&state, req);
+        state
+            .accounts
+            .change_password(auth.caller, current, new, &client)
+            .await?;
         Ok(NoContentResult::Done)
     }
 
@@ -197,30 +175,13 @@ impl UsersApi {
         req: &poem::Request,
         auth: Authenticated,
         body: Json<DeleteAccountRequest>,
-    ) -> Result<NoContentResult, ApiError> {
-        let mut v = Validator::new();
-        let password = v.given_password("password", text(body.0.password));
-        let password = v.finish(password)?;
-        confirm_password(&state, &auth.user, "password", password).await?;
-        match users::change_guarding_last_admin(&state.db, auth.user.id, AdminChange::Delete)
-            .await?
-        {
-            ChangeOutcome::Deleted | ChangeOutcome::NotFound => {}
-            ChangeOutcome::LastAdmin => return Err(crate::api::admin::last_admin()),
-            ChangeOutcome::Updated(_) => {
-                return Err(ApiError::internal("delete reported an update"));
-            }
-        }
-        state.sessions.revoke_all(auth.user.id, None).await?;
-        state.cookies.clear_session(req.cookie());
-        tracing::info!(user_id = %auth.user.id, "account deleted");
-        let event = Event::new(
-            EventType::UserDeleted,
-            Some(auth.user.id),
-            Some(auth.session_id),
-        )
-        .detail(serde_json::json!({"by": "self"}));
-        state.audit.record(req, event).await;
+    ) -> Result<NoContentResult, Failure<DeleteMeErrors>> {
+        let client = client(&state, req);
+        state
+            .accounts
+            .delete_account(&auth.caller, text(body.0.password), &client)
+            .await?;
+        CookiePolicy::of(&state.settings).clear_session(req.cookie());
         Ok(NoContentResult::Done)
     }
 }

@@ -5,12 +5,20 @@
 //! origin of `Referer`) must be listed, or the browser must say `Sec-Fetch-Site: same-origin`.
 //! Bearer requests are exempt: a browser never attaches an `Authorization` header by itself.
 
-use poem::{
-    Request,
-    http::{Method, Uri},
-};
+use http::{Method, Uri};
 
-use crate::error::{ApiError, ErrorCode};
+/// The request headers the check reads.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Provenance<'a> {
+    pub sec_fetch_site: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub referer: Option<&'a str>,
+}
+
+/// A cookie-authenticated unsafe request that did not come from an allowed origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cookie-authenticated requests must come from an allowed origin")]
+pub struct CsrfRejected;
 
 /// Methods that change state and therefore need the check.
 pub fn is_unsafe(method: &Method) -> bool {
@@ -20,15 +28,14 @@ pub fn is_unsafe(method: &Method) -> bool {
     )
 }
 
-/// Passes when the request's origin is allowed; otherwise 403 `csrf_rejected`.
-pub fn check(req: &Request, allowed_origins: &[String]) -> Result<(), ApiError> {
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    if header("sec-fetch-site") == Some("same-origin") {
+/// Passes when the request's origin is allowed.
+pub fn check(request: Provenance<'_>, allowed_origins: &[String]) -> Result<(), CsrfRejected> {
+    if request.sec_fetch_site == Some("same-origin") {
         return Ok(());
     }
-    let origin = match header("origin") {
+    let origin = match request.origin {
         Some(origin) => Some(origin.trim_end_matches('/').to_owned()),
-        None => header("referer").and_then(origin_of),
+        None => request.referer.and_then(origin_of),
     };
     match origin {
         Some(origin)
@@ -38,10 +45,7 @@ pub fn check(req: &Request, allowed_origins: &[String]) -> Result<(), ApiError> 
         {
             Ok(())
         }
-        _ => Err(ApiError::new(
-            ErrorCode::CsrfRejected,
-            "cookie-authenticated requests must come from an allowed origin",
-        )),
+        _ => Err(CsrfRejected),
     }
 }
 
@@ -62,5 +66,27 @@ mod tests {
             Some("https://app.example.com:8443")
         );
         assert_eq!(origin_of("not a url"), None);
+    }
+
+    #[test]
+    fn only_listed_origins_or_same_origin_fetches_pass() {
+        let allowed = ["https://app.example.com".to_owned()];
+        let with = |origin, referer, site| Provenance {
+            sec_fetch_site: site,
+            origin,
+            referer,
+        };
+        assert!(check(with(Some("https://app.example.com/"), None, None), &allowed).is_ok());
+        assert!(
+            check(
+                with(None, Some("https://app.example.com/x"), None),
+                &allowed
+            )
+            .is_ok()
+        );
+        assert!(check(with(None, None, Some("same-origin")), &allowed).is_ok());
+        assert!(check(with(Some("https://evil.example"), None, None), &allowed).is_err());
+        assert!(check(with(None, None, Some("cross-site")), &allowed).is_err());
+        assert!(check(with(None, None, None), &allowed).is_err());
     }
 }

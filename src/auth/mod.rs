@@ -1,9 +1,7 @@
-//! Everything that decides who a request is: keys, tokens, passwords, cookies, CSRF and the
-//! guard that protected endpoints declare.
+//! What decides who a caller is, below the HTTP layer: keys, tokens, password hashing and the
+//! CSRF rule. Nothing here knows HTTP frameworks.
 
-pub mod cookies;
 pub mod csrf;
-pub mod guard;
 pub mod keys;
 pub mod password;
 pub mod rs256;

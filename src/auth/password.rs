@@ -24,11 +24,36 @@ use argon2::{
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{
-    config::Argon2Settings,
-    error::{ApiError, ErrorCode},
-    telemetry::metrics::Metrics,
-};
+use crate::telemetry::metrics::Metrics;
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Settings {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Settings {
+    /// OWASP's recommended minimum for argon2id: m=19456 KiB, t=2, p=1.
+    fn default() -> Self {
+        Self {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+/// How much password hashing an instance does at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordSettings {
+    pub argon2: Argon2Settings,
+    /// Hashes running at once (`PASSWORD_HASH_CONCURRENCY`).
+    pub concurrency: usize,
+    /// How long a request may wait for a hashing slot before it gets 503 `busy`.
+    pub queue_timeout: Duration,
+}
 
 /// Why a hash or a check did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -38,21 +63,6 @@ pub enum PasswordError {
     Busy,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
-}
-
-impl From<PasswordError> for ApiError {
-    fn from(err: PasswordError) -> Self {
-        match err {
-            PasswordError::Busy => ApiError {
-                retry_after: Some(1),
-                ..ApiError::new(
-                    ErrorCode::Busy,
-                    "too many password checks are in progress; retry shortly",
-                )
-            },
-            PasswordError::Internal(err) => err.into(),
-        }
-    }
 }
 
 /// Argon2 work areas (`m_cost` blocks of 1 KiB each), kept for the next hash. The semaphore
@@ -211,16 +221,12 @@ pub struct PasswordService {
 }
 
 impl PasswordService {
-    pub fn new(
-        settings: Argon2Settings,
-        concurrency: usize,
-        queue_timeout: Duration,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(settings: &PasswordSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let (argon2, concurrency) = (settings.argon2, settings.concurrency);
         let params = Params::new(
-            settings.memory_kib,
-            settings.iterations,
-            settings.parallelism,
+            argon2.memory_kib,
+            argon2.iterations,
+            argon2.parallelism,
             None,
         )
         .map_err(|err| anyhow::anyhow!("invalid argon2 parameters: {err}"))?;
@@ -239,7 +245,7 @@ impl PasswordService {
             params: Arc::new(params),
             areas,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            queue_timeout,
+            queue_timeout: settings.queue_timeout,
             metrics,
             dummy_hash: Arc::new(dummy_hash),
         })
@@ -347,18 +353,16 @@ mod tests {
 
     /// Small parameters: these tests are about the plumbing, not the cost.
     fn service(concurrency: usize) -> PasswordService {
-        let settings = Argon2Settings {
-            memory_kib: 1024,
-            iterations: 1,
-            parallelism: 1,
-        };
-        PasswordService::new(
-            settings,
+        let settings = PasswordSettings {
+            argon2: Argon2Settings {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
             concurrency,
-            Duration::from_secs(30),
-            Arc::new(Metrics::new()),
-        )
-        .unwrap()
+            queue_timeout: Duration::from_secs(30),
+        };
+        PasswordService::new(&settings, Arc::new(Metrics::new())).unwrap()
     }
 
     fn secret(s: &str) -> SecretString {

@@ -9,14 +9,19 @@
 //! verification the key the token's `kid` names (an unknown `kid` never verifies). The key set
 //! is swapped as a whole when the key directory is reloaded ([`TokenService::reload`]).
 
-use std::sync::{Arc, RwLock};
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use jsonwebtoken::{Algorithm, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::keys::{KeyKind, Keys, SigningKey};
-use crate::config::KeySource;
+use super::{
+    keys::{KeyKind, KeySource, Keys, SigningKey},
+    rs256,
+};
 
 /// `typ` claim of refresh tokens. Access tokens carry none.
 pub const REFRESH_TYP: &str = "refresh";
@@ -78,13 +83,34 @@ pub struct IssuedPair {
 }
 
 /// Token lifetimes and identity claims.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSettings {
+    /// `iss` of every token (`JWT_ISSUER`).
     pub issuer: String,
+    /// `aud` of every token (`JWT_AUDIENCE`).
     pub audience: String,
-    pub access_ttl_secs: i64,
-    pub refresh_ttl_secs: i64,
-    pub leeway_secs: u64,
+    /// `ACCESS_TOKEN_TTL`.
+    pub access_ttl: Duration,
+    /// `REFRESH_TOKEN_TTL`: also the lifetime of a session that is not refreshed.
+    pub refresh_ttl: Duration,
+    /// `JWT_LEEWAY`: clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+impl TokenSettings {
+    /// The access lifetime in whole seconds, as `exp` counts.
+    pub fn access_ttl_secs(&self) -> i64 {
+        secs(self.access_ttl)
+    }
+
+    /// The refresh lifetime in whole seconds, as `exp` counts.
+    pub fn refresh_ttl_secs(&self) -> i64 {
+        secs(self.refresh_ttl)
+    }
+}
+
+fn secs(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// Signs and verifies tokens with keys parsed once per load of the key set.
@@ -99,6 +125,7 @@ pub struct TokenService {
 
 impl TokenService {
     pub fn new(keys: Keys, settings: TokenSettings) -> Self {
+        rs256::install();
         // Pinned to RS256 whatever the header says: no `none`, no HMAC with a public key.
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_issuer(&[&settings.issuer]);
@@ -106,7 +133,7 @@ impl TokenService {
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.leeway = settings.leeway_secs;
+        validation.leeway = settings.leeway.as_secs();
         Self {
             keys: RwLock::new(Arc::new(keys)),
             settings,
@@ -180,7 +207,7 @@ impl TokenService {
                 jti: Uuid::new_v4(),
                 iat: now,
                 nbf: now,
-                exp: now + self.settings.access_ttl_secs,
+                exp: now + self.settings.access_ttl_secs(),
                 role: role.to_owned(),
                 typ: None,
             },
@@ -192,7 +219,7 @@ impl TokenService {
                 jti: Uuid::new_v4(),
                 iat: now,
                 nbf: now,
-                exp: now + self.settings.refresh_ttl_secs,
+                exp: now + self.settings.refresh_ttl_secs(),
                 typ: REFRESH_TYP.to_owned(),
             },
         }
@@ -272,12 +299,14 @@ impl TokenService {
             .as_deref()
             .and_then(|kid| keys.find(kind, kid))
             .ok_or(TokenError::Invalid)?;
-        jsonwebtoken::decode::<T>(token, &key.decoding, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|err| match err.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid,
-            })
+        rs256::verify_with(&key.verifier, || {
+            jsonwebtoken::decode::<T>(token, &key.decoding, &self.validation)
+        })
+        .map(|data| data.claims)
+        .map_err(|err| match err.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid,
+        })
     }
 }
 

@@ -1,4 +1,4 @@
-//! Audit trail queries.
+//! The audit trail's repository.
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
@@ -8,24 +8,6 @@ use uuid::Uuid;
 
 use super::entities::audit_event;
 
-pub async fn insert(
-    db: &DatabaseConnection,
-    event: audit_event::Model,
-) -> Result<audit_event::Model, DbErr> {
-    audit_event::ActiveModel {
-        id: Set(event.id),
-        occurred_at: Set(event.occurred_at),
-        event_type: Set(event.event_type),
-        user_id: Set(event.user_id),
-        session_id: Set(event.session_id),
-        ip: Set(event.ip),
-        user_agent: Set(event.user_agent),
-        detail: Set(event.detail),
-    }
-    .insert(db)
-    .await
-}
-
 /// Which events to list.
 #[derive(Debug, Default, Clone)]
 pub struct AuditFilter {
@@ -33,28 +15,54 @@ pub struct AuditFilter {
     pub event_type: Option<String>,
 }
 
-/// One page of events, newest first, and how many match.
-pub async fn list(
-    db: &DatabaseConnection,
-    filter: &AuditFilter,
-    page: u64,
-    per_page: u64,
-) -> Result<(Vec<audit_event::Model>, u64), DbErr> {
-    let mut query = audit_event::Entity::find();
-    if let Some(user_id) = filter.user_id {
-        query = query.filter(audit_event::Column::UserId.eq(user_id));
+/// Queries of the `audit_events` table.
+pub struct AuditEvents<'a> {
+    conn: &'a DatabaseConnection,
+}
+
+impl<'a> AuditEvents<'a> {
+    pub(super) fn new(conn: &'a DatabaseConnection) -> Self {
+        Self { conn }
     }
-    if let Some(event_type) = &filter.event_type {
-        query = query.filter(audit_event::Column::EventType.eq(event_type.as_str()));
+
+    pub async fn insert(&self, event: audit_event::Model) -> Result<audit_event::Model, DbErr> {
+        audit_event::ActiveModel {
+            id: Set(event.id),
+            occurred_at: Set(event.occurred_at),
+            event_type: Set(event.event_type),
+            user_id: Set(event.user_id),
+            session_id: Set(event.session_id),
+            ip: Set(event.ip),
+            user_agent: Set(event.user_agent),
+            detail: Set(event.detail),
+        }
+        .insert(self.conn)
+        .await
     }
-    let query = query
-        .order_by_desc(audit_event::Column::OccurredAt)
-        .order_by_desc(audit_event::Column::Id);
-    let total = query.clone().count(db).await?;
-    let events = query
-        .offset((page - 1) * per_page)
-        .limit(per_page)
-        .all(db)
-        .await?;
-    Ok((events, total))
+
+    /// One page of events, newest first, and how many match.
+    pub async fn list(
+        &self,
+        filter: &AuditFilter,
+        page: u64,
+        per_page: u64,
+    ) -> Result<(Vec<audit_event::Model>, u64), DbErr> {
+        let mut query = audit_event::Entity::find();
+        if let Some(user_id) = filter.user_id {
+            query = query.filter(audit_event::Column::UserId.eq(user_id));
+        }
+        if let Some(event_type) = &filter.event_type {
+            query = query.filter(audit_event::Column::EventType.eq(event_type.as_str()));
+        }
+        let query = query
+            .order_by_desc(audit_event::Column::OccurredAt)
+            .order_by_desc(audit_event::Column::Id);
+        let total = query.clone().count(self.conn).await?;
+        let events = query
+            .offset((page - 1) * per_page)
+            .limit(per_page)
+            .all(self.conn)
+            .await?;
+        Ok((events, total))
+    }
 }

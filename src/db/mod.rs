@@ -1,4 +1,5 @@
-//! The database: connecting, migrating, and the queries the API uses.
+//! The database: connecting, migrating, and the queries the flows use. Queries return
+//! `DbErr`, never HTTP types: the layers above decide what a failure means to a client.
 
 pub mod audit;
 pub mod entities;
@@ -8,7 +9,55 @@ pub mod users;
 use std::{path::Path, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, DatabaseConnection, DbErr};
+
+use self::{audit::AuditEvents, reads::Reads, users::Users};
+
+/// The service's one database handle: the queries of each table go through its repository
+/// ([`Database::users`], [`Database::audit`]), which picks the connection a query runs on.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Database {
+    conn: DatabaseConnection,
+    reads: Reads,
+}
+
+impl Database {
+    /// Connects (see [`connect`]) and prepares the hot path's reads.
+    pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<Self, DbErr> {
+        let conn = connect(url, pool_size).await?;
+        let reads = Reads::new(url, &conn)?;
+        Ok(Self { conn, reads })
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        migrate(&self.conn).await
+    }
+
+    pub fn users(&self) -> Users<'_> {
+        Users::new(&self.conn, &self.reads)
+    }
+
+    pub fn audit(&self) -> AuditEvents<'_> {
+        AuditEvents::new(&self.conn)
+    }
+
+    /// Answers when every connection pool can reach the database.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        tokio::try_join!(self.conn.ping(), self.reads.ping()).map(|_| ())
+    }
+
+    /// SeaORM's connection, for maintenance and tests that query tables directly.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    /// The hot path's read connections (see [`reads`]).
+    pub fn reads(&self) -> &Reads {
+        &self.reads
+    }
+}
 
 /// Connects to `url` (PostgreSQL or SQLite) with at most `pool_size` connections (default:
 /// [`default_postgres_pool_size`], or 8 for SQLite). For a SQLite file, its folder is created first
@@ -38,13 +87,13 @@ pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnec
         .test_before_acquire_if_idle_for(Duration::from_secs(30))
         // Statement logging would put bound values (password hashes) into logs.
         .sqlx_logging(false);
-    Database::connect(options).await
+    sea_orm::Database::connect(options).await
 }
 
 /// PostgreSQL connections per pool unless `DATABASE_POOL_SIZE` says otherwise: twice the
 /// cores, at least 4. A query holds its connection for a round trip only, so a few connections
 /// keep an instance's cores busy; more only add PostgreSQL backends to wake up and switch
-/// between (bench/README.md measured 32 against 4: more CPU per request, not more requests).
+/// between.
 pub fn default_postgres_pool_size() -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     u32::try_from(cores * 2).unwrap_or(u32::MAX).max(4)

@@ -4,9 +4,8 @@
 //! On SQLite it is SeaORM's own pool. On PostgreSQL it is a pool of its own, because SeaORM's
 //! pool is sqlx's, and sqlx sends a `Sync` and waits for the answer every time a connection
 //! goes back to its pool (`PoolConnection::return_to_pool`), a second round trip for every
-//! query that no setting turns off. That ping held the connection for the extra round trip
-//! and cost ~10% of the server's CPU on `GET /users/me`; without it `/users/me` served 41-43%
-//! more requests (bench/README.md). Queries still go through SeaORM: [`Reads`] is a SeaORM
+//! query that no setting turns off; bench/README.md measures what it costs `GET /users/me`.
+//! Queries still go through SeaORM: [`Reads`] is a SeaORM
 //! [`ConnectionTrait`], so `Entity::find_by_id(id).one(&reads)` builds the statement and maps
 //! the row exactly as on any other connection; only the connection handling is ours, on
 //! deadpool.

@@ -1,5 +1,5 @@
-//! User queries. They return `DbErr`, never HTTP types: the API layer decides what a failure
-//! means to a client.
+//! The users repository. Reads of the hot path (the guard's, refresh's) go through the read
+//! connections; everything else through SeaORM's pool. Callers do not choose.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
@@ -9,7 +9,10 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::entities::user::{self, Role};
+use super::{
+    entities::user::{self, Role},
+    reads::Reads,
+};
 
 /// Now, at the microsecond precision PostgreSQL stores, so every backend returns the same value.
 fn now() -> DateTime<Utc> {
@@ -24,79 +27,168 @@ pub struct NewUser {
     pub role: Role,
 }
 
-/// Inserts a user. A taken email fails with a unique-constraint `DbErr` (see
-/// [`is_unique_violation`]).
-pub async fn insert(db: &DatabaseConnection, new: NewUser) -> Result<user::Model, DbErr> {
-    let now = now();
-    user::ActiveModel {
-        id: Set(Uuid::new_v4()),
-        name: Set(new.name),
-        email: Set(new.email),
-        password_hash: Set(new.password_hash),
-        role: Set(new.role),
-        disabled: Set(false),
-        created_at: Set(now),
-        updated_at: Set(now),
+/// Queries of the `users` table.
+pub struct Users<'a> {
+    conn: &'a DatabaseConnection,
+    reads: &'a Reads,
+}
+
+impl<'a> Users<'a> {
+    pub(super) fn new(conn: &'a DatabaseConnection, reads: &'a Reads) -> Self {
+        Self { conn, reads }
     }
-    .insert(db)
-    .await
-}
 
-/// On any SeaORM connection: the hot path passes its [`Reads`](super::reads::Reads).
-pub async fn find_by_id(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<user::Model>, DbErr> {
-    user::Entity::find_by_id(id).one(db).await
-}
-
-/// Looks a user up by an already-normalised email.
-pub async fn find_by_email(
-    db: &DatabaseConnection,
-    email: &str,
-) -> Result<Option<user::Model>, DbErr> {
-    user::Entity::find()
-        .filter(user::Column::Email.eq(email))
-        .one(db)
+    /// Inserts a user. A taken email fails with a unique-constraint `DbErr` (see
+    /// [`is_unique_violation`]).
+    pub async fn insert(&self, new: NewUser) -> Result<user::Model, DbErr> {
+        let now = now();
+        user::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            name: Set(new.name),
+            email: Set(new.email),
+            password_hash: Set(new.password_hash),
+            role: Set(new.role),
+            disabled: Set(false),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(self.conn)
         .await
-}
+    }
 
-pub async fn update_name(
-    db: &DatabaseConnection,
-    user: user::Model,
-    name: String,
-) -> Result<user::Model, DbErr> {
-    let mut active: user::ActiveModel = user.into();
-    active.name = Set(name);
-    active.updated_at = Set(now());
-    active.update(db).await
-}
+    /// The hot path's load (the guard's, refresh's and login's re-check).
+    pub async fn find_by_id(&self, id: Uuid) -> Result<Option<user::Model>, DbErr> {
+        user::Entity::find_by_id(id).one(self.reads).await
+    }
 
-pub async fn update_password_hash(
-    db: &DatabaseConnection,
-    user: user::Model,
-    password_hash: String,
-) -> Result<user::Model, DbErr> {
-    let mut active: user::ActiveModel = user.into();
-    active.password_hash = Set(password_hash);
-    active.updated_at = Set(now());
-    active.update(db).await
-}
+    /// Looks a user up by an already-normalised email.
+    pub async fn find_by_email(&self, email: &str) -> Result<Option<user::Model>, DbErr> {
+        user::Entity::find()
+            .filter(user::Column::Email.eq(email))
+            .one(self.conn)
+            .await
+    }
 
-pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<bool, DbErr> {
-    Ok(user::Entity::delete_by_id(id).exec(db).await?.rows_affected > 0)
-}
+    pub async fn update_name(&self, user: user::Model, name: String) -> Result<user::Model, DbErr> {
+        let mut active: user::ActiveModel = user.into();
+        active.name = Set(name);
+        active.updated_at = Set(now());
+        active.update(self.conn).await
+    }
 
-/// Sets the role of the account with this email; `None` if there is none.
-pub async fn set_role(
-    db: &DatabaseConnection,
-    email: &str,
-    role: Role,
-) -> Result<Option<user::Model>, DbErr> {
-    let Some(found) = find_by_email(db, email).await? else {
-        return Ok(None);
-    };
-    let mut active: user::ActiveModel = found.into();
-    active.role = Set(role);
-    active.updated_at = Set(now());
-    active.update(db).await.map(Some)
+    pub async fn update_password_hash(
+        &self,
+        user: user::Model,
+        password_hash: String,
+    ) -> Result<user::Model, DbErr> {
+        let mut active: user::ActiveModel = user.into();
+        active.password_hash = Set(password_hash);
+        active.updated_at = Set(now());
+        active.update(self.conn).await
+    }
+
+    pub async fn delete(&self, id: Uuid) -> Result<bool, DbErr> {
+        Ok(user::Entity::delete_by_id(id)
+            .exec(self.conn)
+            .await?
+            .rows_affected
+            > 0)
+    }
+
+    /// Sets the role of the account with this email; `None` if there is none.
+    pub async fn set_role(&self, email: &str, role: Role) -> Result<Option<user::Model>, DbErr> {
+        let Some(found) = self.find_by_email(email).await? else {
+            return Ok(None);
+        };
+        let mut active: user::ActiveModel = found.into();
+        active.role = Set(role);
+        active.updated_at = Set(now());
+        active.update(self.conn).await.map(Some)
+    }
+
+    /// One page of users, oldest first, and the number of users matching the filter.
+    pub async fn list(
+        &self,
+        filter: &UserFilter,
+        page: u64,
+        per_page: u64,
+    ) -> Result<(Vec<user::Model>, u64), DbErr> {
+        let mut query = user::Entity::find();
+        if let Some(part) = &filter.email_contains {
+            // The client's text is matched literally: `%` and `_` are escaped.
+            let escaped = part
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            query = query.filter(
+                Expr::col(user::Column::Email)
+                    .like(LikeExpr::new(format!("%{escaped}%")).escape('\\')),
+            );
+        }
+        if let Some(role) = filter.role {
+            query = query.filter(user::Column::Role.eq(role));
+        }
+        let query = query
+            .order_by_asc(user::Column::CreatedAt)
+            .order_by_asc(user::Column::Id);
+        let total = query.clone().count(self.conn).await?;
+        let users = query
+            .offset((page - 1) * per_page)
+            .limit(per_page)
+            .all(self.conn)
+            .await?;
+        Ok((users, total))
+    }
+
+    /// Applies `change` unless it would leave no active (enabled) admin. The active admins are
+    /// read and the change written in one transaction; on PostgreSQL the admin rows are locked
+    /// (`FOR UPDATE`), so two admins demoting each other at once cannot both succeed. SQLite
+    /// serialises writers on its own.
+    pub async fn change_guarding_last_admin(
+        &self,
+        id: Uuid,
+        change: AdminChange,
+    ) -> Result<ChangeOutcome, DbErr> {
+        let txn = self.conn.begin().await?;
+        let mut admins = user::Entity::find()
+            .filter(user::Column::Role.eq(Role::Admin))
+            .filter(user::Column::Disabled.eq(false));
+        if txn.get_database_backend() == DatabaseBackend::Postgres {
+            admins = admins.lock_exclusive();
+        }
+        let active_admins: Vec<Uuid> = admins.all(&txn).await?.into_iter().map(|u| u.id).collect();
+        let Some(target) = user::Entity::find_by_id(id).one(&txn).await? else {
+            return Ok(ChangeOutcome::NotFound);
+        };
+        let stays_active_admin = match change {
+            AdminChange::Delete => false,
+            AdminChange::Update { role, disabled } => {
+                role.unwrap_or(target.role) == Role::Admin && !disabled.unwrap_or(target.disabled)
+            }
+        };
+        if active_admins.contains(&id) && !stays_active_admin && active_admins.len() <= 1 {
+            return Ok(ChangeOutcome::LastAdmin);
+        }
+        let outcome = match change {
+            AdminChange::Delete => {
+                user::Entity::delete_by_id(id).exec(&txn).await?;
+                ChangeOutcome::Deleted
+            }
+            AdminChange::Update { role, disabled } => {
+                let mut active: user::ActiveModel = target.into();
+                if let Some(role) = role {
+                    active.role = Set(role);
+                }
+                if let Some(disabled) = disabled {
+                    active.disabled = Set(disabled);
+                }
+                active.updated_at = Set(now());
+                ChangeOutcome::Updated(active.update(&txn).await?)
+            }
+        };
+        txn.commit().await?;
+        Ok(outcome)
+    }
 }
 
 /// Does this error say a unique constraint (the email) was violated? Works on SQLite and
@@ -114,39 +206,6 @@ pub struct UserFilter {
     /// A substring of the (lower-case) email.
     pub email_contains: Option<String>,
     pub role: Option<Role>,
-}
-
-/// One page of users, oldest first, and the number of users matching the filter.
-pub async fn list(
-    db: &DatabaseConnection,
-    filter: &UserFilter,
-    page: u64,
-    per_page: u64,
-) -> Result<(Vec<user::Model>, u64), DbErr> {
-    let mut query = user::Entity::find();
-    if let Some(part) = &filter.email_contains {
-        // The client's text is matched literally: `%` and `_` are escaped.
-        let escaped = part
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        query = query.filter(
-            Expr::col(user::Column::Email).like(LikeExpr::new(format!("%{escaped}%")).escape('\\')),
-        );
-    }
-    if let Some(role) = filter.role {
-        query = query.filter(user::Column::Role.eq(role));
-    }
-    let query = query
-        .order_by_asc(user::Column::CreatedAt)
-        .order_by_asc(user::Column::Id);
-    let total = query.clone().count(db).await?;
-    let users = query
-        .offset((page - 1) * per_page)
-        .limit(per_page)
-        .all(db)
-        .await?;
-    Ok((users, total))
 }
 
 /// A change an administrator makes to an account.
@@ -167,54 +226,4 @@ pub enum ChangeOutcome {
     NotFound,
     /// Refused: it would leave no active admin.
     LastAdmin,
-}
-
-/// Applies `change` unless it would leave no active (enabled) admin. The active admins are
-/// read and the change written in one transaction; on PostgreSQL the admin rows are locked
-/// (`FOR UPDATE`), so two admins demoting each other at once cannot both succeed. SQLite
-/// serialises writers on its own.
-pub async fn change_guarding_last_admin(
-    db: &DatabaseConnection,
-    id: Uuid,
-    change: AdminChange,
-) -> Result<ChangeOutcome, DbErr> {
-    let txn = db.begin().await?;
-    let mut admins = user::Entity::find()
-        .filter(user::Column::Role.eq(Role::Admin))
-        .filter(user::Column::Disabled.eq(false));
-    if txn.get_database_backend() == DatabaseBackend::Postgres {
-        admins = admins.lock_exclusive();
-    }
-    let active_admins: Vec<Uuid> = admins.all(&txn).await?.into_iter().map(|u| u.id).collect();
-    let Some(target) = user::Entity::find_by_id(id).one(&txn).await? else {
-        return Ok(ChangeOutcome::NotFound);
-    };
-    let stays_active_admin = match change {
-        AdminChange::Delete => false,
-        AdminChange::Update { role, disabled } => {
-            role.unwrap_or(target.role) == Role::Admin && !disabled.unwrap_or(target.disabled)
-        }
-    };
-    if active_admins.contains(&id) && !stays_active_admin && active_admins.len() <= 1 {
-        return Ok(ChangeOutcome::LastAdmin);
-    }
-    let outcome = match change {
-        AdminChange::Delete => {
-            user::Entity::delete_by_id(id).exec(&txn).await?;
-            ChangeOutcome::Deleted
-        }
-        AdminChange::Update { role, disabled } => {
-            let mut active: user::ActiveModel = target.into();
-            if let Some(role) = role {
-                active.role = Set(role);
-            }
-            if let Some(disabled) = disabled {
-                active.disabled = Set(disabled);
-            }
-            active.updated_at = Set(now());
-            ChangeOutcome::Updated(active.update(&txn).await?)
-        }
-    };
-    txn.commit().await?;
-    Ok(outcome)
 }

@@ -1,109 +1,131 @@
-//! In-process counters for the embedded default (one process).
+//! In-process counters for the embedded default (one process). Every operation, the login
+//! gate included, runs under one lock: one atomic step, as the Redis scripts are.
 
-use std::{collections::HashMap, sync::Mutex, time::Instant};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 
-use super::{LimitSettings, LimitStore, backoff_delay_ms};
-use crate::session::StoreError;
+use super::{BackoffSchedule, GateOutcome, LimitStore, LoginGate};
+use crate::store::{
+    BackendError,
+    clock::now_ms,
+    memory::{Locked, Sweep},
+};
+
+/// A counter's count and the end of its window (Unix ms).
+type Window = (u64, u64);
+
+/// An account's failures, until when it waits, and when it is forgotten (Unix ms).
+struct Backoff {
+    failures: u64,
+    until_ms: u64,
+    forget_at_ms: u64,
+}
 
 #[derive(Default)]
 struct Inner {
-    windows: HashMap<String, (u64, Instant)>,
-    /// failures, waiting until (unix ms), forgotten at
-    backoffs: HashMap<String, (u64, u64, Instant)>,
-    writes: usize,
+    windows: HashMap<String, Window>,
+    backoffs: HashMap<String, Backoff>,
+}
+
+impl Sweep for Inner {
+    fn sweep(&mut self) {
+        let now = now_ms();
+        self.windows.retain(|_, (_, end)| *end > now);
+        self.backoffs.retain(|_, b| b.forget_at_ms > now);
+    }
 }
 
 impl Inner {
-    /// Drops expired entries every 1024 writes, so memory follows the live keys.
-    fn after_write(&mut self) {
-        self.writes += 1;
-        if self.writes.is_multiple_of(1024) {
-            let now = Instant::now();
-            self.windows.retain(|_, (_, end)| *end > now);
-            self.backoffs.retain(|_, (_, _, forget)| *forget > now);
+    fn hit(&mut self, key: &str, window_ms: u64, now: u64) -> (u64, u64) {
+        let entry = self
+            .windows
+            .entry(key.to_owned())
+            .or_insert((0, now + window_ms));
+        if entry.1 <= now {
+            *entry = (0, now + window_ms);
         }
+        entry.0 += 1;
+        (entry.0, entry.1 - now)
+    }
+
+    fn backoff(&self, key: &str, now: u64) -> Option<&Backoff> {
+        self.backoffs.get(key).filter(|b| b.forget_at_ms > now)
+    }
+
+    fn login_gate(&mut self, gate: &LoginGate<'_>) -> GateOutcome {
+        let now = gate.now_ms;
+        let (count, reset_ms) = self.hit(gate.ip_key, gate.ip.window_ms(), now);
+        if count > gate.ip.limit {
+            return GateOutcome::IpLimited { reset_ms };
+        }
+        let (count, reset_ms) = self.hit(gate.account_key, gate.account.window_ms(), now);
+        if count > gate.account.limit {
+            return GateOutcome::AccountLimited { reset_ms };
+        }
+        match self.backoff(gate.backoff_key, now) {
+            Some(b) if b.until_ms > now => GateOutcome::BackingOff {
+                wait_ms: b.until_ms - now,
+            },
+            found => GateOutcome::Open {
+                failures_on_record: found.is_some(),
+            },
+        }
+    }
+
+    fn record_failure(&mut self, key: &str, now: u64, schedule: &BackoffSchedule) -> (u64, u64) {
+        let forget_at_ms = now + schedule.memory_secs.saturating_mul(1000);
+        let fresh = || Backoff {
+            failures: 0,
+            until_ms: 0,
+            forget_at_ms,
+        };
+        let entry = self.backoffs.entry(key.to_owned()).or_insert_with(fresh);
+        if entry.forget_at_ms <= now {
+            *entry = fresh();
+        }
+        entry.failures += 1;
+        let delay = schedule.delay_ms(entry.failures);
+        entry.until_ms = now + delay;
+        entry.forget_at_ms = forget_at_ms;
+        (entry.failures, delay)
     }
 }
 
 #[derive(Default)]
 pub struct MemoryLimits {
-    inner: Mutex<Inner>,
+    inner: Locked<Inner>,
 }
 
 impl MemoryLimits {
     pub fn new() -> Self {
         Self::default()
     }
-
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
-        self.inner
-            .lock()
-            .map_err(|_| StoreError("in-process limit store lock poisoned".into()))
-    }
-}
-
-fn ms_until(end: Instant, now: Instant) -> u64 {
-    u64::try_from(end.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
 }
 
 #[async_trait]
 impl LimitStore for MemoryLimits {
-    async fn hit(&self, key: &str, window_secs: u64) -> Result<(u64, u64), StoreError> {
-        let mut inner = self.lock()?;
-        let now = Instant::now();
-        let window = std::time::Duration::from_secs(window_secs);
-        let entry = inner
-            .windows
-            .entry(key.to_owned())
-            .or_insert((0, now + window));
-        if entry.1 <= now {
-            *entry = (0, now + window);
-        }
-        entry.0 += 1;
-        let result = (entry.0, ms_until(entry.1, now));
-        inner.after_write();
-        Ok(result)
+    async fn hit(&self, key: &str, window_ms: u64) -> Result<(u64, u64), BackendError> {
+        self.inner.write(|i| i.hit(key, window_ms, now_ms()))
     }
 
-    async fn backoff_wait(&self, key: &str, now_ms: u64) -> Result<Option<u64>, StoreError> {
-        let inner = self.lock()?;
-        Ok(inner
-            .backoffs
-            .get(key)
-            .filter(|(_, _, forget)| *forget > Instant::now())
-            .map(|(_, until, _)| until.saturating_sub(now_ms))
-            .filter(|wait| *wait > 0))
+    async fn login_gate(&self, gate: &LoginGate<'_>) -> Result<GateOutcome, BackendError> {
+        self.inner.write(|i| i.login_gate(gate))
     }
 
     async fn record_failure(
         &self,
         key: &str,
         now_ms: u64,
-        policy: &LimitSettings,
-    ) -> Result<(u64, u64), StoreError> {
-        let mut inner = self.lock()?;
-        let now = Instant::now();
-        let forget = now + std::time::Duration::from_secs(policy.backoff_memory_secs);
-        let entry = inner
-            .backoffs
-            .entry(key.to_owned())
-            .or_insert((0, 0, forget));
-        if entry.2 <= now {
-            *entry = (0, 0, forget);
-        }
-        entry.0 += 1;
-        let delay = backoff_delay_ms(entry.0, policy);
-        entry.1 = now_ms + delay;
-        entry.2 = forget;
-        let failures = entry.0;
-        inner.after_write();
-        Ok((failures, delay))
+        schedule: &BackoffSchedule,
+    ) -> Result<(u64, u64), BackendError> {
+        self.inner
+            .write(|i| i.record_failure(key, now_ms, schedule))
     }
 
-    async fn reset(&self, key: &str) -> Result<(), StoreError> {
-        self.lock()?.backoffs.remove(key);
-        Ok(())
+    async fn reset(&self, key: &str) -> Result<(), BackendError> {
+        self.inner.write(|i| {
+            i.backoffs.remove(key);
+        })
     }
 }

@@ -7,55 +7,86 @@
 //! Backoff is per account (the normalised email): after a few free failures each further
 //! failure makes the account wait longer before the next attempt is even considered, up to a
 //! cap, and a success resets it. It is not a lockout: the longest wait is short (default 60 s),
-//! so an attacker cannot lock a victim out for long, while guessing slows to a crawl.
+//! so an attacker cannot lock a victim out for long, while guessing slows to a crawl. The delay
+//! schedule is computed here, once, and handed to the stores ([`BackoffSchedule`]).
 
 pub mod memory;
 pub mod redis;
 
-use std::{fmt, sync::Arc};
+use std::{fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
 use crate::{
-    error::{ApiError, ErrorCode},
-    session::StoreError,
+    store::{BackendError, clock::now_ms},
     telemetry::metrics::Metrics,
 };
 
-/// `N` requests per `window_secs`, counted from the first request of a window.
+/// `N` requests per window, counted from the first request of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     pub limit: u64,
-    pub window_secs: u64,
+    pub window: Duration,
+}
+
+impl Rate {
+    pub const fn per_secs(limit: u64, secs: u64) -> Self {
+        Self {
+            limit,
+            window: Duration::from_secs(secs),
+        }
+    }
+
+    fn window_ms(&self) -> u64 {
+        u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.limit, self.window_secs)
+        write!(f, "{}/{}", self.limit, self.window.as_secs())
     }
 }
 
+/// Why a rate could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateError {
+    #[error("{0:?} is not N/SECONDS (e.g. 5/60)")]
+    Shape(String),
+    #[error("{0:?}: count and window must be whole numbers of at least 1")]
+    Number(String),
+}
+
 impl std::str::FromStr for Rate {
-    type Err = String;
+    type Err = RateError;
 
     /// `N/SECONDS`, e.g. `5/60`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (limit, window) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not N/SECONDS (e.g. 5/60)"))?;
-        let limit: u64 = limit
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?}: the count must be a whole number"))?;
-        let window_secs: u64 = window
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?}: the window must be a whole number of seconds"))?;
-        if limit == 0 || window_secs == 0 {
-            return Err(format!("{s:?}: count and window must be at least 1"));
-        }
-        Ok(Rate { limit, window_secs })
+            .ok_or_else(|| RateError::Shape(s.to_owned()))?;
+        let number = |part: &str| {
+            part.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| RateError::Number(s.to_owned()))
+        };
+        Ok(Rate::per_secs(number(limit)?, number(window)?))
     }
+}
+
+/// How failed logins slow an account down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    /// Failed logins of an account before backoff starts.
+    pub free_failures: u32,
+    /// The first delay; each further failure doubles it.
+    pub base: Duration,
+    /// The longest delay.
+    pub max: Duration,
+    /// How long an account's failures are remembered without a new one.
+    pub memory: Duration,
 }
 
 /// Every limit the service applies.
@@ -65,86 +96,99 @@ pub struct LimitSettings {
     pub login_per_account: Rate,
     pub register_per_ip: Rate,
     pub refresh_per_ip: Rate,
-    /// Failed logins of an account before backoff starts.
-    pub backoff_free_failures: u32,
-    /// The first backoff delay; each further failure doubles it.
-    pub backoff_base_secs: u64,
-    /// The longest backoff delay.
-    pub backoff_max_secs: u64,
-    /// How long an account's failures are remembered without a new one.
-    pub backoff_memory_secs: u64,
+    pub backoff: BackoffPolicy,
 }
 
 impl Default for LimitSettings {
     fn default() -> Self {
         Self {
-            login_per_ip: Rate {
-                limit: 20,
-                window_secs: 60,
+            login_per_ip: Rate::per_secs(20, 60),
+            login_per_account: Rate::per_secs(5, 60),
+            register_per_ip: Rate::per_secs(5, 60),
+            refresh_per_ip: Rate::per_secs(60, 60),
+            backoff: BackoffPolicy {
+                free_failures: 3,
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+                memory: Duration::from_secs(15 * 60),
             },
-            login_per_account: Rate {
-                limit: 5,
-                window_secs: 60,
-            },
-            register_per_ip: Rate {
-                limit: 5,
-                window_secs: 60,
-            },
-            refresh_per_ip: Rate {
-                limit: 60,
-                window_secs: 60,
-            },
-            backoff_free_failures: 3,
-            backoff_base_secs: 1,
-            backoff_max_secs: 60,
-            backoff_memory_secs: 15 * 60,
         }
     }
+}
+
+/// The delay each failure imposes, computed once from the policy: entry `i` is the delay after
+/// `i + 1` failures, and the last entry holds for every failure after it. Both stores read
+/// this table, so the formula has one source: [`backoff_delay_ms`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackoffSchedule {
+    pub delays_ms: Vec<u64>,
+    /// How long failures are remembered, in seconds.
+    pub memory_secs: u64,
+}
+
+impl BackoffSchedule {
+    pub fn new(policy: &BackoffPolicy) -> Self {
+        let mut delays_ms = Vec::new();
+        for failures in 1.. {
+            let delay = backoff_delay_ms(failures, policy);
+            delays_ms.push(delay);
+            let cap = u64::try_from(policy.max.as_millis()).unwrap_or(u64::MAX);
+            if delay >= cap || failures > u64::from(policy.free_failures) + 64 {
+                break;
+            }
+        }
+        Self {
+            delays_ms,
+            memory_secs: policy.memory.as_secs().max(1),
+        }
+    }
+
+    /// The delay after `failures` failures.
+    pub fn delay_ms(&self, failures: u64) -> u64 {
+        let index = usize::try_from(failures.max(1) - 1).unwrap_or(usize::MAX);
+        self.delays_ms
+            .get(index)
+            .or(self.delays_ms.last())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The delay after `failures` failures: none for the free ones, then base, 2 x base, 4 x
+/// base, ... up to the cap.
+pub fn backoff_delay_ms(failures: u64, policy: &BackoffPolicy) -> u64 {
+    let free = u64::from(policy.free_failures);
+    if failures <= free {
+        return 0;
+    }
+    let doublings = (failures - free - 1).min(32) as u32;
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    ms(policy.base)
+        .saturating_mul(1u64 << doublings)
+        .min(ms(policy.max))
 }
 
 /// Where the counters live. Every method is one atomic step.
 #[async_trait]
 pub trait LimitStore: Send + Sync + 'static {
-    /// Counts a hit on `key`. The window starts at the key's first hit and lasts `window_secs`.
+    /// Counts a hit on `key`. The window starts at the key's first hit and lasts `window_ms`.
     /// Returns the count in the current window and the milliseconds until it ends.
-    async fn hit(&self, key: &str, window_secs: u64) -> Result<(u64, u64), StoreError>;
+    async fn hit(&self, key: &str, window_ms: u64) -> Result<(u64, u64), BackendError>;
 
-    /// Milliseconds the account behind `key` must still wait, if any.
-    async fn backoff_wait(&self, key: &str, now_ms: u64) -> Result<Option<u64>, StoreError>;
+    /// The checks before a login's hash, in order, as one atomic step: charges the IP, then
+    /// (only if the IP is within its limit) the account, then reads the account's backoff.
+    async fn login_gate(&self, gate: &LoginGate<'_>) -> Result<GateOutcome, BackendError>;
 
     /// Records a failure and returns (failures so far, the delay it imposes in ms).
     async fn record_failure(
         &self,
         key: &str,
         now_ms: u64,
-        policy: &LimitSettings,
-    ) -> Result<(u64, u64), StoreError>;
+        schedule: &BackoffSchedule,
+    ) -> Result<(u64, u64), BackendError>;
 
     /// Forgets the failures behind `key`.
-    async fn reset(&self, key: &str) -> Result<(), StoreError>;
-
-    /// The checks before a login's hash, in order, as one atomic step: charges the IP, then
-    /// (only if the IP is within its limit) the account, then reads the account's backoff.
-    /// A store that can do this in one round trip overrides it.
-    async fn login_gate(&self, gate: &LoginGate<'_>) -> Result<GateOutcome, StoreError> {
-        let (count, reset_ms) = self.hit(gate.ip_key, gate.ip.window_secs).await?;
-        if count > gate.ip.limit {
-            return Ok(GateOutcome::IpLimited { reset_ms });
-        }
-        let (count, reset_ms) = self.hit(gate.account_key, gate.account.window_secs).await?;
-        if count > gate.account.limit {
-            return Ok(GateOutcome::AccountLimited { reset_ms });
-        }
-        Ok(
-            match self.backoff_wait(gate.backoff_key, gate.now_ms).await? {
-                Some(wait_ms) => GateOutcome::BackingOff { wait_ms },
-                // Without a cheap way to tell whether failures are on record, assume they are.
-                None => GateOutcome::Open {
-                    failures_on_record: true,
-                },
-            },
-        )
-    }
+    async fn reset(&self, key: &str) -> Result<(), BackendError>;
 }
 
 /// What `LimitStore::login_gate` checks.
@@ -178,21 +222,6 @@ pub struct LoginAttempt {
     failures_on_record: bool,
 }
 
-/// The delay after `failures` failures: none for the free ones, then base, 2 x base, 4 x
-/// base, ... up to the cap.
-pub fn backoff_delay_ms(failures: u64, policy: &LimitSettings) -> u64 {
-    let free = u64::from(policy.backoff_free_failures);
-    if failures <= free {
-        return 0;
-    }
-    let doublings = (failures - free - 1).min(32) as u32;
-    policy
-        .backoff_base_secs
-        .saturating_mul(1000)
-        .saturating_mul(1u64 << doublings)
-        .min(policy.backoff_max_secs.saturating_mul(1000))
-}
-
 /// Which counter a request is charged to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
@@ -203,7 +232,8 @@ pub enum Rule {
 }
 
 impl Rule {
-    fn name(self) -> &'static str {
+    /// The rule's name in store keys and metrics.
+    pub fn name(self) -> &'static str {
         match self {
             Rule::LoginPerIp => "login-ip",
             Rule::LoginPerAccount => "login-account",
@@ -213,16 +243,31 @@ impl Rule {
     }
 }
 
+/// A request refused by a limit: how long to wait, and the rate it broke (none for backoff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub retry_after_secs: u64,
+    pub rate: Option<Rate>,
+}
+
+/// Why a check did not let a request through.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    /// Over a limit, or an account in backoff.
+    #[error("rate limited for {} s", .0.retry_after_secs)]
+    Limited(Limited),
+    /// The counters could not be reached.
+    #[error("rate limiter: {0}")]
+    Unavailable(#[from] BackendError),
+}
+
 /// Applies the configured limits.
 #[derive(Clone)]
 pub struct Limiter {
     store: Arc<dyn LimitStore>,
     settings: Arc<LimitSettings>,
+    schedule: Arc<BackoffSchedule>,
     metrics: Arc<Metrics>,
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
 }
 
 /// Whole seconds, rounded up, so a client that waits `Retry-After` is never early.
@@ -233,6 +278,7 @@ fn ceil_secs(ms: u64) -> u64 {
 impl Limiter {
     pub fn new(store: Arc<dyn LimitStore>, settings: LimitSettings, metrics: Arc<Metrics>) -> Self {
         Self {
+            schedule: Arc::new(BackoffSchedule::new(&settings.backoff)),
             store,
             settings: Arc::new(settings),
             metrics,
@@ -248,12 +294,13 @@ impl Limiter {
         }
     }
 
-    /// Charges one request to `rule` for `subject` (an IP or an email); 429 `rate_limited`
-    /// with `Retry-After` and `RateLimit-*` headers when over the limit.
-    pub async fn check(&self, rule: Rule, subject: &str) -> Result<(), ApiError> {
+    /// Charges one request to `rule` for `subject` (an IP or an email).
+    pub async fn check(&self, rule: Rule, subject: &str) -> Result<(), LimitError> {
         let rate = self.rate(rule);
-        let key = rule_key(rule, subject);
-        let (count, reset_ms) = self.store.hit(&key, rate.window_secs).await?;
+        let (count, reset_ms) = self
+            .store
+            .hit(&rule_key(rule, subject), rate.window_ms())
+            .await?;
         if count <= rate.limit {
             return Ok(());
         }
@@ -261,9 +308,8 @@ impl Limiter {
     }
 
     /// The checks before a login's hash, in one round trip to the store: the IP's limit, then
-    /// the account's (each 429 as from `check`), then the account's backoff (429 with
-    /// `Retry-After`).
-    pub async fn check_login(&self, ip: &str, account: &str) -> Result<LoginAttempt, ApiError> {
+    /// the account's, then the account's backoff.
+    pub async fn check_login(&self, ip: &str, account: &str) -> Result<LoginAttempt, LimitError> {
         let (ip_key, account_key) = (
             rule_key(Rule::LoginPerIp, ip),
             rule_key(Rule::LoginPerAccount, account),
@@ -289,59 +335,45 @@ impl Limiter {
         }
     }
 
-    /// The 429 of `rule`, whose window ends in `reset_ms`.
-    fn limited(&self, rule: Rule, reset_ms: u64) -> ApiError {
-        let rate = self.rate(rule);
-        let retry_after = ceil_secs(reset_ms);
+    /// The refusal of `rule`, whose window ends in `reset_ms`.
+    fn limited(&self, rule: Rule, reset_ms: u64) -> LimitError {
+        let retry_after_secs = ceil_secs(reset_ms);
         self.metrics
             .rate_limited
             .with_label_values(&[rule.name()])
             .inc();
-        tracing::info!(rule = rule.name(), retry_after, "rate limited");
-        ApiError {
-            retry_after: Some(retry_after),
-            rate_limit: Some(Box::new(RateLimitInfo {
-                limit: rate.limit,
-                window_secs: rate.window_secs,
-                remaining: 0,
-                reset_secs: retry_after,
-            })),
-            ..ApiError::new(
-                ErrorCode::RateLimited,
-                "too many requests; retry after the number of seconds in Retry-After",
-            )
-        }
+        tracing::info!(rule = rule.name(), retry_after_secs, "rate limited");
+        LimitError::Limited(Limited {
+            retry_after_secs,
+            rate: Some(self.rate(rule)),
+        })
     }
 
-    /// The 429 of an account in backoff after failed logins.
-    fn backing_off(&self, wait_ms: u64) -> ApiError {
-        let retry_after = ceil_secs(wait_ms);
+    /// The refusal of an account in backoff after failed logins.
+    fn backing_off(&self, wait_ms: u64) -> LimitError {
+        let retry_after_secs = ceil_secs(wait_ms);
         self.metrics
             .rate_limited
             .with_label_values(&["login-backoff"])
             .inc();
-        tracing::info!(retry_after, "login backoff");
-        ApiError {
-            retry_after: Some(retry_after),
-            ..ApiError::new(
-                ErrorCode::RateLimited,
-                "too many failed logins for this account; retry after the number of seconds \
-                 in Retry-After",
-            )
-        }
+        tracing::info!(retry_after_secs, "login backoff");
+        LimitError::Limited(Limited {
+            retry_after_secs,
+            rate: None,
+        })
     }
 
     /// Records a failed login of `account`.
-    pub async fn login_failed(&self, account: &str) -> Result<(), ApiError> {
+    pub async fn login_failed(&self, account: &str) -> Result<(), LimitError> {
         self.store
-            .record_failure(&backoff_key(account), now_ms(), &self.settings)
+            .record_failure(&backoff_key(account), now_ms(), &self.schedule)
             .await?;
         Ok(())
     }
 
     /// A successful login resets the account's backoff (no round trip when the gate saw no
     /// failures on record; one recorded since is kept, which only errs on the strict side).
-    pub async fn login_succeeded(&self, attempt: LoginAttempt) -> Result<(), ApiError> {
+    pub async fn login_succeeded(&self, attempt: LoginAttempt) -> Result<(), LimitError> {
         if attempt.failures_on_record {
             self.store.reset(&backoff_key(&attempt.account)).await?;
         }
@@ -357,40 +389,29 @@ fn backoff_key(account: &str) -> String {
     format!("backoff:{account}")
 }
 
-/// The `RateLimit-*` headers of a 429.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimitInfo {
-    pub limit: u64,
-    pub window_secs: u64,
-    pub remaining: u64,
-    pub reset_secs: u64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backoff_doubles_after_the_free_failures_up_to_the_cap() {
-        let policy = LimitSettings::default();
-        let delays: Vec<u64> = (1..=12).map(|f| backoff_delay_ms(f, &policy)).collect();
+        let policy = LimitSettings::default().backoff;
+        let schedule = BackoffSchedule::new(&policy);
+        let delays: Vec<u64> = (1..=12).map(|f| schedule.delay_ms(f)).collect();
         assert_eq!(
             delays,
             [
                 0, 0, 0, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000
             ]
         );
+        let formula: Vec<u64> = (1..=12).map(|f| backoff_delay_ms(f, &policy)).collect();
+        assert_eq!(delays, formula);
+        assert_eq!(schedule.delay_ms(1_000_000), 60_000);
     }
 
     #[test]
     fn rates_parse_as_count_per_seconds() {
-        assert_eq!(
-            "5/60".parse::<Rate>(),
-            Ok(Rate {
-                limit: 5,
-                window_secs: 60
-            })
-        );
+        assert_eq!("5/60".parse::<Rate>(), Ok(Rate::per_secs(5, 60)));
         assert!("5".parse::<Rate>().is_err());
         assert!("0/60".parse::<Rate>().is_err());
         assert!("5/x".parse::<Rate>().is_err());

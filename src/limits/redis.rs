@@ -4,10 +4,10 @@
 use async_trait::async_trait;
 use redis::Script;
 
-use super::{GateOutcome, LimitSettings, LimitStore, LoginGate};
-use crate::session::{
-    StoreError,
-    redis_client::{RedisClient, RedisConn},
+use super::{BackoffSchedule, GateOutcome, LimitStore, LoginGate};
+use crate::store::{
+    BackendError,
+    redis::{RedisClient, RedisConn},
 };
 
 /// The Lua function behind every counter: `hit(key, window ms)` counts a hit and returns
@@ -39,18 +39,14 @@ return {n, ttl}
 "#
 );
 
-/// KEYS: backoff hash. ARGV: now ms, free failures, base ms, max ms, memory seconds.
-/// Returns {failures, delay ms}. Mirrors `backoff_delay_ms`.
+/// KEYS: backoff hash. ARGV: now ms, memory seconds, then the delays of `BackoffSchedule`
+/// (after 1, 2, ... failures; the last holds for every failure after it).
+/// Returns {failures, delay ms}.
 const FAIL: &str = r#"
 local f = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-local free = tonumber(ARGV[2])
-local delay = 0
-if f > free then
-  local doublings = math.min(f - free - 1, 32)
-  delay = math.floor(math.min(tonumber(ARGV[3]) * (2 ^ doublings), tonumber(ARGV[4])))
-end
+local delay = tonumber(ARGV[2 + math.min(f, #ARGV - 2)])
 redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[1]) + delay)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {f, delay}
 "#;
 
@@ -96,76 +92,55 @@ impl RedisLimits {
         }
     }
 
-    async fn conn(&self) -> Result<RedisConn, StoreError> {
+    async fn conn(&self) -> Result<RedisConn, BackendError> {
         self.redis.conn().await
     }
 }
 
-fn to_store(err: redis::RedisError) -> StoreError {
-    StoreError(err.to_string())
-}
-
 #[async_trait]
 impl LimitStore for RedisLimits {
-    async fn hit(&self, key: &str, window_secs: u64) -> Result<(u64, u64), StoreError> {
+    async fn hit(&self, key: &str, window_ms: u64) -> Result<(u64, u64), BackendError> {
         let mut conn = self.conn().await?;
         let (count, ttl): (u64, i64) = self
             .hit
             .key(format!("{}{key}", self.prefix))
-            .arg(window_secs.saturating_mul(1000))
+            .arg(window_ms)
             .invoke_async(&mut conn)
-            .await
-            .map_err(to_store)?;
+            .await?;
         Ok((count, u64::try_from(ttl).unwrap_or(0)))
-    }
-
-    async fn backoff_wait(&self, key: &str, now_ms: u64) -> Result<Option<u64>, StoreError> {
-        let mut conn = self.conn().await?;
-        let until: Option<u64> = redis::cmd("HGET")
-            .arg(format!("{}{key}", self.prefix))
-            .arg("until")
-            .query_async(&mut conn)
-            .await
-            .map_err(to_store)?;
-        Ok(until
-            .map(|until| until.saturating_sub(now_ms))
-            .filter(|wait| *wait > 0))
     }
 
     async fn record_failure(
         &self,
         key: &str,
         now_ms: u64,
-        policy: &LimitSettings,
-    ) -> Result<(u64, u64), StoreError> {
+        schedule: &BackoffSchedule,
+    ) -> Result<(u64, u64), BackendError> {
         let mut conn = self.conn().await?;
-        self.fail
+        Ok(self
+            .fail
             .key(format!("{}{key}", self.prefix))
             .arg(now_ms)
-            .arg(policy.backoff_free_failures)
-            .arg(policy.backoff_base_secs.saturating_mul(1000))
-            .arg(policy.backoff_max_secs.saturating_mul(1000))
-            .arg(policy.backoff_memory_secs)
+            .arg(schedule.memory_secs)
+            .arg(&schedule.delays_ms)
             .invoke_async(&mut conn)
-            .await
-            .map_err(to_store)
+            .await?)
     }
 
-    async fn login_gate(&self, gate: &LoginGate<'_>) -> Result<GateOutcome, StoreError> {
+    async fn login_gate(&self, gate: &LoginGate<'_>) -> Result<GateOutcome, BackendError> {
         let mut conn = self.conn().await?;
         let (verdict, ms): (u8, i64) = self
             .login_gate
             .key(format!("{}{}", self.prefix, gate.ip_key))
             .key(format!("{}{}", self.prefix, gate.account_key))
             .key(format!("{}{}", self.prefix, gate.backoff_key))
-            .arg(gate.ip.window_secs.saturating_mul(1000))
+            .arg(gate.ip.window_ms())
             .arg(gate.ip.limit)
-            .arg(gate.account.window_secs.saturating_mul(1000))
+            .arg(gate.account.window_ms())
             .arg(gate.account.limit)
             .arg(gate.now_ms)
             .invoke_async(&mut conn)
-            .await
-            .map_err(to_store)?;
+            .await?;
         let ms = u64::try_from(ms).unwrap_or(0);
         Ok(match verdict {
             1 => GateOutcome::IpLimited { reset_ms: ms },
@@ -177,13 +152,12 @@ impl LimitStore for RedisLimits {
         })
     }
 
-    async fn reset(&self, key: &str) -> Result<(), StoreError> {
+    async fn reset(&self, key: &str) -> Result<(), BackendError> {
         let mut conn = self.conn().await?;
         let _: i64 = redis::cmd("DEL")
             .arg(format!("{}{key}", self.prefix))
             .query_async(&mut conn)
-            .await
-            .map_err(to_store)?;
+            .await?;
         Ok(())
     }
 }

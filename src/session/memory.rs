@@ -4,17 +4,18 @@
 //! from that second on; each operation runs under one lock, so rotation is as atomic as the
 //! Redis script. Expired entries are swept as the map is written to.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Mutex,
-};
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    LAST_USED_RESOLUTION_SECS, NewSession, RotateOutcome, Rotation, SessionInfo, SessionStore,
-    StoreError,
+    LAST_USED_RESOLUTION_SECS, NewSession, RotateOutcome, Rotation, SessionError, SessionInfo,
+    SessionStore,
+};
+use crate::store::{
+    clock::now_secs as now,
+    memory::{Locked, Sweep},
 };
 
 #[derive(Debug, Clone)]
@@ -45,15 +46,22 @@ struct Inner {
     sessions: HashMap<Uuid, Session>,
     jtis: HashMap<Uuid, JtiEntry>,
     by_user: HashMap<Uuid, HashSet<Uuid>>,
-    writes_since_sweep: usize,
 }
 
-/// Sweep expired entries every this many writes: amortised O(1), and memory stays bounded by
-/// the number of live sessions.
-const SWEEP_EVERY: usize = 1024;
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+impl Sweep for Inner {
+    fn sweep(&mut self) {
+        let at = now();
+        let expired: Vec<Uuid> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.info.expires_at <= at)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.remove_session(id);
+        }
+        self.jtis.retain(|_, entry| entry.expires_at > at);
+    }
 }
 
 impl Inner {
@@ -79,33 +87,12 @@ impl Inner {
             None => false,
         }
     }
-
-    fn after_write(&mut self) {
-        self.writes_since_sweep += 1;
-        if self.writes_since_sweep >= SWEEP_EVERY {
-            self.writes_since_sweep = 0;
-            self.sweep(now());
-        }
-    }
-
-    fn sweep(&mut self, at: i64) {
-        let expired: Vec<Uuid> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.info.expires_at <= at)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            self.remove_session(id);
-        }
-        self.jtis.retain(|_, entry| entry.expires_at > at);
-    }
 }
 
-/// Sessions in a mutex-guarded map. Cheap to share behind an `Arc`.
+/// Sessions in one locked map. Cheap to share behind an `Arc`.
 #[derive(Default)]
 pub struct MemoryStore {
-    inner: Mutex<Inner>,
+    inner: Locked<Inner>,
 }
 
 impl MemoryStore {
@@ -113,90 +100,68 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
-        self.inner
-            .lock()
-            .map_err(|_| StoreError("in-process store lock poisoned".into()))
-    }
-
     /// Number of sessions held, expired ones included until the next sweep.
     pub fn session_count(&self) -> usize {
-        self.inner.lock().map(|i| i.sessions.len()).unwrap_or(0)
+        self.inner.read(|i| i.sessions.len()).unwrap_or(0)
     }
 }
 
-#[async_trait]
-impl SessionStore for MemoryStore {
-    async fn create(&self, new: NewSession) -> Result<(), StoreError> {
-        let mut inner = self.lock()?;
-        inner.jtis.insert(
-            new.access_jti,
-            JtiEntry {
+impl Inner {
+    fn create(&mut self, new: NewSession) {
+        for (jti, expires_at) in [
+            (new.access_jti, new.access_exp),
+            (new.refresh_jti, new.refresh_exp),
+        ] {
+            let entry = JtiEntry {
                 session_id: new.id,
-                expires_at: new.access_exp,
-            },
-        );
-        inner.jtis.insert(
-            new.refresh_jti,
-            JtiEntry {
-                session_id: new.id,
-                expires_at: new.refresh_exp,
-            },
-        );
-        inner.by_user.entry(new.user_id).or_default().insert(new.id);
-        inner.sessions.insert(
-            new.id,
-            Session {
-                info: SessionInfo {
-                    id: new.id,
-                    user_id: new.user_id,
-                    created_at: new.created_at,
-                    last_used_at: new.created_at,
-                    expires_at: new.refresh_exp,
-                    user_agent: new.user_agent,
-                    ip: new.ip,
-                },
-                access_jti: new.access_jti,
-                refresh_jti: new.refresh_jti,
-                grace: None,
-            },
-        );
-        inner.after_write();
-        Ok(())
+                expires_at,
+            };
+            self.jtis.insert(jti, entry);
+        }
+        self.by_user.entry(new.user_id).or_default().insert(new.id);
+        let info = SessionInfo {
+            id: new.id,
+            user_id: new.user_id,
+            created_at: new.created_at,
+            last_used_at: new.created_at,
+            expires_at: new.refresh_exp,
+            user_agent: new.user_agent,
+            ip: new.ip,
+        };
+        let session = Session {
+            info,
+            access_jti: new.access_jti,
+            refresh_jti: new.refresh_jti,
+            grace: None,
+        };
+        self.sessions.insert(new.id, session);
     }
 
-    async fn is_access_active(
-        &self,
-        user_id: Uuid,
-        session_id: Uuid,
-        jti: Uuid,
-    ) -> Result<bool, StoreError> {
-        let mut inner = self.lock()?;
+    fn is_access_active(&mut self, user_id: Uuid, session_id: Uuid, jti: Uuid) -> bool {
         let at = now();
-        let jti_live = inner
+        let jti_live = self
             .jtis
             .get(&jti)
             .is_some_and(|e| e.session_id == session_id && e.expires_at > at);
         if !jti_live
-            || !inner
+            || !self
                 .live_session(session_id, at)
                 .is_some_and(|s| s.info.user_id == user_id && s.access_jti == jti)
         {
-            return Ok(false);
+            return false;
         }
-        if let Some(session) = inner.sessions.get_mut(&session_id)
+        if let Some(session) = self.sessions.get_mut(&session_id)
             && at - session.info.last_used_at >= LAST_USED_RESOLUTION_SECS
         {
             session.info.last_used_at = at;
         }
-        Ok(true)
+        true
     }
 
-    async fn rotate(&self, r: Rotation) -> Result<RotateOutcome, StoreError> {
-        let mut inner = self.lock()?;
-        let (current, grace) = match inner.live_session(r.session_id, r.now) {
+    fn rotate(&mut self, r: Rotation) -> RotateOutcome {
+        let (current, grace) = match self.live_session(r.session_id, r.now) {
             Some(s) if s.info.user_id == r.user_id => (s.refresh_jti, s.grace.clone()),
-            _ => return Ok(RotateOutcome::Unknown),
+            _ => return RotateOutcome::Unknown,
         };
         if current != r.presented_refresh_jti {
             if let Some(grace) = grace
@@ -204,15 +169,14 @@ impl SessionStore for MemoryStore {
                 && grace.until > r.now
             {
                 // The same token, again, right after its rotation: two tabs, one answer.
-                return Ok(RotateOutcome::Grace(grace.payload));
+                return RotateOutcome::Grace(grace.payload);
             }
             // A rotated-away refresh token came back: someone holds a copy. Revoke it all.
-            inner.remove_session(r.session_id);
-            inner.after_write();
-            return Ok(RotateOutcome::Reused);
+            self.remove_session(r.session_id);
+            return RotateOutcome::Reused;
         }
-        let Some(session) = inner.sessions.get_mut(&r.session_id) else {
-            return Ok(RotateOutcome::Unknown);
+        let Some(session) = self.sessions.get_mut(&r.session_id) else {
+            return RotateOutcome::Unknown;
         };
         let old_access = std::mem::replace(&mut session.access_jti, r.new_access_jti);
         let old_refresh = std::mem::replace(&mut session.refresh_jti, r.new_refresh_jti);
@@ -223,39 +187,30 @@ impl SessionStore for MemoryStore {
             payload: r.grace_payload,
             until: r.now + r.grace_secs,
         });
-        inner.jtis.remove(&old_access);
-        inner.jtis.remove(&old_refresh);
-        inner.jtis.insert(
-            r.new_access_jti,
-            JtiEntry {
+        self.jtis.remove(&old_access);
+        self.jtis.remove(&old_refresh);
+        for (jti, expires_at) in [
+            (r.new_access_jti, r.new_access_exp),
+            (r.new_refresh_jti, r.new_refresh_exp),
+        ] {
+            let entry = JtiEntry {
                 session_id: r.session_id,
-                expires_at: r.new_access_exp,
-            },
-        );
-        inner.jtis.insert(
-            r.new_refresh_jti,
-            JtiEntry {
-                session_id: r.session_id,
-                expires_at: r.new_refresh_exp,
-            },
-        );
-        inner.after_write();
-        Ok(RotateOutcome::Rotated)
+                expires_at,
+            };
+            self.jtis.insert(jti, entry);
+        }
+        RotateOutcome::Rotated
     }
 
-    async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
-        let mut inner = self.lock()?;
-        let owned = inner
+    fn revoke(&mut self, user_id: Uuid, session_id: Uuid) -> bool {
+        let owned = self
             .live_session(session_id, now())
             .is_some_and(|s| s.info.user_id == user_id);
-        let removed = owned && inner.remove_session(session_id);
-        inner.after_write();
-        Ok(removed)
+        owned && self.remove_session(session_id)
     }
 
-    async fn revoke_all(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<u64, StoreError> {
-        let mut inner = self.lock()?;
-        let ids: Vec<Uuid> = inner
+    fn revoke_all(&mut self, user_id: Uuid, keep: Option<Uuid>) -> u64 {
+        let ids: Vec<Uuid> = self
             .by_user
             .get(&user_id)
             .map(|set| set.iter().copied().filter(|id| Some(*id) != keep).collect())
@@ -263,31 +218,64 @@ impl SessionStore for MemoryStore {
         let at = now();
         let mut live = 0;
         for id in ids {
-            if inner.live_session(id, at).is_some() {
+            if self.live_session(id, at).is_some() {
                 live += 1;
             }
-            inner.remove_session(id);
+            self.remove_session(id);
         }
-        inner.after_write();
-        Ok(live)
+        live
     }
 
-    async fn list(&self, user_id: Uuid) -> Result<Vec<SessionInfo>, StoreError> {
-        let inner = self.lock()?;
+    fn list(&self, user_id: Uuid) -> Vec<SessionInfo> {
         let at = now();
-        let mut sessions: Vec<SessionInfo> = inner
+        let mut sessions: Vec<SessionInfo> = self
             .by_user
             .get(&user_id)
             .into_iter()
             .flatten()
-            .filter_map(|id| inner.live_session(*id, at))
+            .filter_map(|id| self.live_session(*id, at))
             .map(|s| s.info.clone())
             .collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        Ok(sessions)
+        sessions
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn create(&self, new: NewSession) -> Result<(), SessionError> {
+        Ok(self.inner.write(|i| i.create(new))?)
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.lock().map(|_| ())
+    async fn is_access_active(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        jti: Uuid,
+    ) -> Result<bool, SessionError> {
+        // Not counted as a write: it only ever moves `last_used_at`.
+        Ok(self
+            .inner
+            .update(|i| i.is_access_active(user_id, session_id, jti))?)
+    }
+
+    async fn rotate(&self, rotation: Rotation) -> Result<RotateOutcome, SessionError> {
+        Ok(self.inner.write(|i| i.rotate(rotation))?)
+    }
+
+    async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, SessionError> {
+        Ok(self.inner.write(|i| i.revoke(user_id, session_id))?)
+    }
+
+    async fn revoke_all(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<u64, SessionError> {
+        Ok(self.inner.write(|i| i.revoke_all(user_id, keep))?)
+    }
+
+    async fn list(&self, user_id: Uuid) -> Result<Vec<SessionInfo>, SessionError> {
+        Ok(self.inner.read(|i| i.list(user_id))?)
+    }
+
+    async fn ping(&self) -> Result<(), SessionError> {
+        Ok(self.inner.read(|_| ())?)
     }
 }

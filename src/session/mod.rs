@@ -10,7 +10,6 @@
 
 pub mod memory;
 pub mod redis;
-pub mod redis_client;
 
 /// `last_used_at` is written at most this often per session, to keep the guard's store access
 /// cheap.
@@ -18,6 +17,8 @@ pub const LAST_USED_RESOLUTION_SECS: i64 = 60;
 
 use async_trait::async_trait;
 use uuid::Uuid;
+
+use crate::store::BackendError;
 
 /// A new session, created at login with its first token pair.
 #[derive(Debug, Clone)]
@@ -34,27 +35,6 @@ pub struct NewSession {
     pub refresh_jti: Uuid,
     /// Unix seconds: the refresh token's `exp`, which is also the session's expiry.
     pub refresh_exp: i64,
-}
-
-impl NewSession {
-    /// The session a login starts with `pair` (both tokens carry its id as `sid`).
-    pub fn for_pair(
-        pair: &crate::auth::tokens::IssuedPair,
-        user_agent: Option<String>,
-        ip: Option<String>,
-    ) -> Self {
-        Self {
-            id: pair.access.sid,
-            user_id: pair.access.sub,
-            user_agent,
-            ip,
-            created_at: pair.access.iat,
-            access_jti: pair.access.jti,
-            access_exp: pair.access.exp,
-            refresh_jti: pair.refresh.jti,
-            refresh_exp: pair.refresh.exp,
-        }
-    }
 }
 
 /// One refresh-token rotation request.
@@ -104,17 +84,23 @@ pub struct SessionInfo {
     pub ip: Option<String>,
 }
 
-/// The store could not be reached or answered nonsense.
+/// The session store could not be reached or answered nonsense.
 #[derive(Debug, thiserror::Error)]
 #[error("session store: {0}")]
-pub struct StoreError(pub String);
+pub struct SessionError(#[from] pub BackendError);
+
+impl From<::redis::RedisError> for SessionError {
+    fn from(err: ::redis::RedisError) -> Self {
+        Self(err.into())
+    }
+}
 
 /// The contract both stores implement. Every operation is one atomic step.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Records a session and the `jti`s of its first pair, each with a TTL equal to the token's
     /// remaining lifetime.
-    async fn create(&self, session: NewSession) -> Result<(), StoreError>;
+    async fn create(&self, session: NewSession) -> Result<(), SessionError>;
 
     /// Is this access token still live: is its `jti` recorded for this user and session?
     /// Also records the use in the session's `last_used_at` (at most once a minute).
@@ -123,21 +109,21 @@ pub trait SessionStore: Send + Sync + 'static {
         user_id: Uuid,
         session_id: Uuid,
         jti: Uuid,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, SessionError>;
 
     /// Atomically replaces the session's current refresh `jti` (which must be the presented
     /// one) and drops its previous access `jti`.
-    async fn rotate(&self, rotation: Rotation) -> Result<RotateOutcome, StoreError>;
+    async fn rotate(&self, rotation: Rotation) -> Result<RotateOutcome, SessionError>;
 
     /// Revokes one session and every token of it. `false` if there was no such session.
-    async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError>;
+    async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, SessionError>;
 
     /// Revokes every session of a user except `keep` (if given); returns how many were revoked.
-    async fn revoke_all(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<u64, StoreError>;
+    async fn revoke_all(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<u64, SessionError>;
 
     /// The user's live sessions, most recently created first.
-    async fn list(&self, user_id: Uuid) -> Result<Vec<SessionInfo>, StoreError>;
+    async fn list(&self, user_id: Uuid) -> Result<Vec<SessionInfo>, SessionError>;
 
     /// Answers when the store is reachable.
-    async fn ping(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), SessionError>;
 }

@@ -21,9 +21,10 @@ use async_trait::async_trait;
 use redis::Script;
 use uuid::Uuid;
 
-use super::{
-    NewSession, RotateOutcome, Rotation, SessionInfo, SessionStore, StoreError,
-    redis_client::{RedisClient, RedisConn},
+use super::{NewSession, RotateOutcome, Rotation, SessionError, SessionInfo, SessionStore};
+use crate::store::{
+    BackendError,
+    redis::{RedisClient, RedisConn},
 };
 
 /// Records a session with its two token ids.
@@ -149,8 +150,8 @@ impl RedisStore {
         }
     }
 
-    async fn conn(&self) -> Result<RedisConn, StoreError> {
-        self.redis.conn().await
+    async fn conn(&self) -> Result<RedisConn, SessionError> {
+        Ok(self.redis.conn().await?)
     }
 
     /// `P{U}`: the prefix and the user's hash tag.
@@ -179,7 +180,7 @@ impl RedisStore {
         user_id: Uuid,
         mode: &str,
         sid: Option<Uuid>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<u64, SessionError> {
         let mut conn = self.conn().await?;
         self.revoke
             .key(self.index_key(user_id))
@@ -190,17 +191,13 @@ impl RedisStore {
             .arg(sid.map(|s| s.to_string()).unwrap_or_default())
             .invoke_async(&mut conn)
             .await
-            .map_err(to_store)
+            .map_err(SessionError::from)
     }
-}
-
-fn to_store(err: redis::RedisError) -> StoreError {
-    StoreError(err.to_string())
 }
 
 #[async_trait]
 impl SessionStore for RedisStore {
-    async fn create(&self, s: NewSession) -> Result<(), StoreError> {
+    async fn create(&self, s: NewSession) -> Result<(), SessionError> {
         let mut conn = self.conn().await?;
         let jti_prefix = self.jti_prefix(s.user_id);
         let _: i64 = self
@@ -220,7 +217,7 @@ impl SessionStore for RedisStore {
             .arg(s.id.to_string())
             .invoke_async(&mut conn)
             .await
-            .map_err(to_store)?;
+            .map_err(SessionError::from)?;
         Ok(())
     }
 
@@ -229,7 +226,7 @@ impl SessionStore for RedisStore {
         user_id: Uuid,
         session_id: Uuid,
         jti: Uuid,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, SessionError> {
         // The guard's hot path: two plain reads in one round trip, no script. (A script costs
         // Redis ~3x the CPU of the two reads it would run.) Reading the two keys one after the
         // other is still exact: rotation and revocation change the jti key and the session's
@@ -245,8 +242,7 @@ impl SessionStore for RedisStore {
                 .arg("access_jti")
                 .arg("last_used_at")
                 .query_async(&mut conn)
-                .await
-                .map_err(to_store)?;
+                .await?;
         let live = owner.is_some_and(|sid| sid == session_id.to_string())
             && current.is_some_and(|current| current == jti.to_string());
         let now = chrono::Utc::now().timestamp();
@@ -257,12 +253,12 @@ impl SessionStore for RedisStore {
                 .arg(now)
                 .invoke_async(&mut conn)
                 .await
-                .map_err(to_store)?;
+                .map_err(SessionError::from)?;
         }
         Ok(live)
     }
 
-    async fn rotate(&self, r: Rotation) -> Result<RotateOutcome, StoreError> {
+    async fn rotate(&self, r: Rotation) -> Result<RotateOutcome, SessionError> {
         let mut conn = self.conn().await?;
         let outcome: Vec<String> = self
             .rotate
@@ -285,26 +281,26 @@ impl SessionStore for RedisStore {
             .arg(r.grace_payload)
             .invoke_async(&mut conn)
             .await
-            .map_err(to_store)?;
+            .map_err(SessionError::from)?;
         let mut outcome = outcome.into_iter();
         match (outcome.next().as_deref(), outcome.next()) {
             (Some("rotated"), _) => Ok(RotateOutcome::Rotated),
             (Some("grace"), Some(payload)) => Ok(RotateOutcome::Grace(payload)),
             (Some("reused"), _) => Ok(RotateOutcome::Reused),
             (Some("unknown"), _) => Ok(RotateOutcome::Unknown),
-            (other, _) => Err(StoreError(format!("unexpected rotate answer {other:?}"))),
+            (other, _) => Err(BackendError::Protocol(format!("rotate answered {other:?}")).into()),
         }
     }
 
-    async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, StoreError> {
+    async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, SessionError> {
         Ok(self.run_revoke(user_id, "only", Some(session_id)).await? > 0)
     }
 
-    async fn revoke_all(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<u64, StoreError> {
+    async fn revoke_all(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<u64, SessionError> {
         self.run_revoke(user_id, "except", keep).await
     }
 
-    async fn list(&self, user_id: Uuid) -> Result<Vec<SessionInfo>, StoreError> {
+    async fn list(&self, user_id: Uuid) -> Result<Vec<SessionInfo>, SessionError> {
         let mut conn = self.conn().await?;
         type Row = (String, String, i64, i64, i64, String, String);
         let rows: Vec<Row> = self
@@ -314,12 +310,13 @@ impl SessionStore for RedisStore {
             .arg(chrono::Utc::now().timestamp())
             .invoke_async(&mut conn)
             .await
-            .map_err(to_store)?;
+            .map_err(SessionError::from)?;
         let mut sessions = rows
             .into_iter()
             .map(|(sid, uid, created, last_used, expires, ua, ip)| {
                 let parse = |s: &str| {
-                    Uuid::parse_str(s).map_err(|_| StoreError(format!("bad uuid {s:?} in store")))
+                    Uuid::parse_str(s)
+                        .map_err(|_| BackendError::Protocol(format!("bad uuid {s:?} in store")))
                 };
                 Ok(SessionInfo {
                     id: parse(&sid)?,
@@ -331,21 +328,12 @@ impl SessionStore for RedisStore {
                     ip: Some(ip).filter(|s| !s.is_empty()),
                 })
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .collect::<Result<Vec<_>, BackendError>>()?;
         sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         Ok(sessions)
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let pong: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(to_store)?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(StoreError(format!("unexpected PING answer {pong:?}")))
-        }
+    async fn ping(&self) -> Result<(), SessionError> {
+        Ok(self.redis.ping().await?)
     }
 }

@@ -3,7 +3,7 @@
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Registry, TextEncoder, core::Collector,
 };
 
 /// Every metric the service exports at `/metrics`.
@@ -35,81 +35,86 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Registers a metric: every name is a literal of this file, so a failure is a bug here.
+fn register<C: Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are valid and unique");
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
+    register(registry, metric)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(
+        registry,
+        IntCounter::new(name, help).expect("a valid metric"),
+    )
+}
+
+fn latency(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("latchkey".into()), None).expect("a valid registry prefix");
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
+        let r = &registry;
         let http_duration = HistogramVec::new(
-            HistogramOpts::new(
+            latency(
                 "http_request_duration_seconds",
                 "HTTP request latency by operation and method",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            ),
             &["operation", "method"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(http_duration.clone()))
-            .expect("unique metric");
-        let hash_wait = Histogram::with_opts(
-            HistogramOpts::new(
-                "password_hash_wait_seconds",
-                "Time a password hash waited for a slot",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(hash_wait.clone()))
-            .expect("unique metric");
+        );
+        let hash_wait = Histogram::with_opts(latency(
+            "password_hash_wait_seconds",
+            "Time a password hash waited for a slot",
+        ));
         let hash_queue_depth = IntGauge::new(
             "password_hash_queue_depth",
             "Password hashes waiting for a slot",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(hash_queue_depth.clone()))
-            .expect("unique metric");
+        );
         Self {
             http_requests: counter_vec(
+                r,
                 "http_requests_total",
                 "HTTP requests by operation, method and status",
                 &["operation", "method", "status"],
             ),
-            http_duration,
-            logins: counter_vec("logins_total", "Logins by result", &["result"]),
-            refreshes: counter_vec("refreshes_total", "Token refreshes by result", &["result"]),
+            http_duration: register(r, http_duration.expect("a valid metric")),
+            logins: counter_vec(r, "logins_total", "Logins by result", &["result"]),
+            refreshes: counter_vec(
+                r,
+                "refreshes_total",
+                "Token refreshes by result",
+                &["result"],
+            ),
             rate_limited: counter_vec(
+                r,
                 "rate_limited_total",
                 "Requests refused by a rate limit or login backoff, by rule",
                 &["rule"],
             ),
-            hash_queue_depth,
-            hash_wait,
+            hash_queue_depth: register(r, hash_queue_depth.expect("a valid metric")),
+            hash_wait: register(r, hash_wait.expect("a valid metric")),
             hash_rejected: counter(
+                r,
                 "password_hash_rejected_total",
                 "Password hashes turned away because every slot stayed busy",
             ),
             dependency_errors: counter_vec(
+                r,
                 "dependency_errors_total",
                 "Database and session store failures",
                 &["dependency"],
             ),
             audit_failures: counter(
+                r,
                 "audit_write_failures_total",
                 "Audit events that could not be stored",
             ),

@@ -6,9 +6,8 @@ use poem::{Request, http::HeaderValue};
 pub const HEADER: &str = "x-request-id";
 
 /// The client's id if it is 1-128 characters of `[A-Za-z0-9._-]` (anything else could smuggle
-/// text into logs), else a new UUID. Kept as the header value it is echoed back as: the
-/// client's is shared with the request, not copied, and a new one is written without
-/// `core::fmt` (bench/README.md, change 17).
+/// text into logs), else a new UUID. Kept as the header value it is echoed back as, so the
+/// client's is shared with the request rather than copied.
 pub fn for_request(req: &Request) -> HeaderValue {
     req.headers()
         .get(HEADER)

@@ -12,40 +12,40 @@ use crate::{
     helpers::{Backend, TestApp, TestUser, assert_error, status_and_json},
 };
 
-backend_tests!(with(|s| s.limits.login_per_ip = Rate { limit: 3, window_secs: 60 }) =>
+backend_tests!(with(|s| s.limits.login_per_ip = Rate::per_secs(3, 60)) =>
     the_login_limit_per_ip_answers_429_with_exact_retry_after,
     a_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing,
 );
 
-backend_tests!(with(|s| s.limits.login_per_account = Rate { limit: 2, window_secs: 60 }) =>
+backend_tests!(with(|s| s.limits.login_per_account = Rate::per_secs(2, 60)) =>
     the_login_limit_per_account_counts_each_account_apart,
 );
 
 backend_tests!(with(|s| {
-    s.limits.register_per_ip = Rate { limit: 2, window_secs: 60 };
-    s.limits.refresh_per_ip = Rate { limit: 2, window_secs: 60 };
+    s.limits.register_per_ip = Rate::per_secs(2, 60);
+    s.limits.refresh_per_ip = Rate::per_secs(2, 60);
 }) => register_and_refresh_are_limited_per_ip);
 
 backend_tests!(with(|s| {
-    s.limits.login_per_ip = Rate { limit: 2, window_secs: 60 };
-    s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    s.limits.login_per_ip = Rate::per_secs(2, 60);
+    s.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
 }) => behind_a_trusted_proxy_the_forwarded_client_ip_is_used);
 
 backend_tests!(with(|s| {
-    s.limits.login_per_ip = Rate { limit: 2, window_secs: 60 };
-    s.limits.login_per_account = Rate { limit: 3, window_secs: 60 };
-    s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    s.limits.login_per_ip = Rate::per_secs(2, 60);
+    s.limits.login_per_account = Rate::per_secs(3, 60);
+    s.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
 }) => a_login_refused_for_its_ip_does_not_count_against_the_account);
 
 backend_tests!(with(|s| {
-    s.limits.backoff_free_failures = 1;
-    s.limits.backoff_base_secs = 1;
-    s.limits.backoff_max_secs = 2;
+    s.limits.backoff.free_failures = 1;
+    s.limits.backoff.base = Duration::from_secs(1);
+    s.limits.backoff.max = Duration::from_secs(2);
 }) => login_backoff_grows_with_failures_and_resets_on_success);
 
 backend_tests!(with(|s| {
-    s.hash_concurrency = 1;
-    s.hash_queue_timeout_ms = 50;
+    s.passwords.concurrency = 1;
+    s.passwords.queue_timeout = Duration::from_millis(50);
 }) => a_login_flood_gets_503_busy_while_authenticated_requests_keep_working);
 
 backend_tests!(
@@ -426,7 +426,8 @@ async fn login_rehashes_a_password_made_with_old_argon2_parameters(app: TestApp)
         let db = app.state.db.clone();
         let email = user.email.clone();
         async move {
-            latchkey::db::users::find_by_email(&db, &email)
+            db.users()
+                .find_by_email(&email)
                 .await
                 .unwrap()
                 .unwrap()
@@ -437,8 +438,8 @@ async fn login_rehashes_a_password_made_with_old_argon2_parameters(app: TestApp)
     // An instance with new parameters on the same database.
     let upgraded = app
         .spawn_sibling_with(|s| {
-            s.argon2.memory_kib = 8192;
-            s.argon2.iterations = 3;
+            s.passwords.argon2.memory_kib = 8192;
+            s.passwords.argon2.iterations = 3;
         })
         .await;
     assert_eq!(
@@ -457,10 +458,7 @@ async fn login_rehashes_a_password_made_with_old_argon2_parameters(app: TestApp)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_hit_on_one_instance_is_seen_by_the_other() {
     let a = TestApp::spawn_with(Backend::PostgresRedis, |s| {
-        s.limits.login_per_ip = Rate {
-            limit: 2,
-            window_secs: 60,
-        }
+        s.limits.login_per_ip = Rate::per_secs(2, 60)
     })
     .await;
     let b = a.spawn_sibling().await;
@@ -480,9 +478,9 @@ async fn a_limit_hit_on_one_instance_is_seen_by_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_requests_time_out_with_503() {
     let app = TestApp::spawn_with(Backend::Embedded, |s| {
-        s.hash_concurrency = 1;
-        s.hash_queue_timeout_ms = 60_000;
-        s.request_timeout_secs = 1;
+        s.passwords.concurrency = 1;
+        s.passwords.queue_timeout = Duration::from_millis(60_000);
+        s.http.request_timeout = Duration::from_secs(1);
     })
     .await;
     let mut tasks = Vec::new();

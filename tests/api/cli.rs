@@ -56,7 +56,7 @@ async fn user_create_makes_the_first_admin_who_can_log_in() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("root@example.com (admin)"));
 
-    let app = TestApp::spawn_with(Backend::Embedded, |s| s.database_url = url.clone().into()).await;
+    let app = TestApp::spawn_with(Backend::Embedded, |s| s.database.url = url.clone().into()).await;
     let (status, body) =
         status_and_json(app.login("root@example.com", "an admin password").await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -230,7 +230,7 @@ fn keys_rotate_list_and_prune_follow_the_runbook() {
     };
     run(&["keys", "generate", "--dir", "keys"], &[]);
     let old = latchkey::auth::keys::Manifest::read_or_describe(
-        &latchkey::config::KeyPaths::in_dir(dir.path().join("keys")),
+        &latchkey::auth::keys::KeyPaths::in_dir(dir.path().join("keys")),
     )
     .unwrap();
     let old_access = old.keys[0].kid.clone();

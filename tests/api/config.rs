@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 
 use latchkey::{
-    config::{KeyPaths, KeySource, RedisAccess, Settings},
+    auth::keys::{KeyPaths, KeySource},
+    config::Settings,
     startup::{Application, StartupError},
+    store::redis::RedisAccess,
 };
 
 use crate::helpers::{KEYS, PemPair, SHORT_KEYS, inline_keys};
@@ -42,6 +44,7 @@ fn refusal(vars: &HashMap<String, String>) -> String {
 async fn build_refusal(settings: Settings) -> String {
     match Application::build(settings).await {
         Err(StartupError::Config(err)) => err.to_string(),
+        Err(StartupError::Keys(err)) => err.to_string(),
         Err(other) => panic!("expected a configuration refusal, got: {other}"),
         Ok(_) => panic!("production settings were accepted"),
     }
@@ -49,7 +52,7 @@ async fn build_refusal(settings: Settings) -> String {
 
 fn production_with_keys(keys: KeySource) -> Settings {
     let mut settings = Settings::from_vars(&production_vars()).expect("valid production settings");
-    settings.keys = keys;
+    settings.keys.source = keys;
     settings
 }
 
@@ -57,18 +60,18 @@ fn production_with_keys(keys: KeySource) -> Settings {
 fn valid_production_settings_are_accepted() {
     let settings = Settings::from_vars(&production_vars()).expect("accepted");
     assert!(settings.is_production());
-    assert!(settings.cookie_secure, "Secure is forced on in production");
-    assert!(!settings.generate_missing_keys);
-    assert!(settings.allowed_origins.is_empty());
+    assert!(settings.cookies.secure, "Secure is forced on in production");
+    assert!(!settings.keys.generate_missing);
+    assert!(settings.http.allowed_origins.is_empty());
     assert_eq!(
-        settings.redis_access,
+        settings.redis.access,
         RedisAccess::Multiplexed,
         "one shared connection unless REDIS_ACCESS=pooled"
     );
     let mut pooled = production_vars();
     pooled.insert("REDIS_ACCESS".into(), "pooled".into());
     let pooled = Settings::from_vars(&pooled).expect("accepted");
-    assert_eq!(pooled.redis_access, RedisAccess::Pooled);
+    assert_eq!(pooled.redis.access, RedisAccess::Pooled);
 }
 
 #[test]
@@ -285,23 +288,23 @@ async fn development_generates_missing_keys_into_the_key_dir() {
     }
     // A second generation without --force refuses to overwrite.
     let again = latchkey::auth::keys::generate_key_dir(&dir.path().join("keys"), 2048, false);
-    assert!(again.unwrap_err().contains("--force"));
+    assert!(again.unwrap_err().to_string().contains("--force"));
 }
 
 #[tokio::test]
 async fn database_pool_size_bounds_the_connections_of_an_instance() {
     use crate::helpers::{Backend, TestApp};
     let sized =
-        TestApp::spawn_with(Backend::PostgresRedis, |s| s.database_pool_size = Some(3)).await;
-    let pool = sized.state.db.get_postgres_connection_pool();
+        TestApp::spawn_with(Backend::PostgresRedis, |s| s.database.pool_size = Some(3)).await;
+    let pool = sized.state.db.connection().get_postgres_connection_pool();
     assert_eq!(pool.options().get_max_connections(), 3);
     // The hot path's reads have a pool of their own, of the same size.
-    let latchkey::db::reads::Reads::Postgres(reads) = &sized.state.reads else {
+    let latchkey::db::reads::Reads::Postgres(reads) = sized.state.db.reads() else {
         panic!("PostgreSQL reads go through their own pool");
     };
     assert_eq!(reads.max_size(), 3);
     let default = TestApp::spawn(Backend::PostgresRedis).await;
-    let pool = default.state.db.get_postgres_connection_pool();
+    let pool = default.state.db.connection().get_postgres_connection_pool();
     assert_eq!(
         pool.options().get_max_connections(),
         latchkey::db::default_postgres_pool_size()

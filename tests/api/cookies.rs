@@ -126,7 +126,7 @@ async fn logout_clears_the_three_cookies(app: TestApp) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_cookie_setting_adds_secure_to_the_access_cookies() {
-    let app = TestApp::spawn_with(Backend::Embedded, |s| s.cookie_secure = true).await;
+    let app = TestApp::spawn_with(Backend::Embedded, |s| s.cookies.secure = true).await;
     let user = TestUser::generate();
     app.register(&user.name, &user.email, &user.password).await;
     let response = app.login(&user.email, &user.password).await;

@@ -12,7 +12,13 @@ use crate::helpers::{Backend, TestApp};
 /// Runs `sql`, which yields one `bigint` column `n`, on the test database.
 async fn count(app: &TestApp, sql: &str) -> i64 {
     let statement = Statement::from_string(DbBackend::Postgres, sql);
-    let row = app.state.db.query_one_raw(statement).await.expect("query");
+    let row = app
+        .state
+        .db
+        .connection()
+        .query_one_raw(statement)
+        .await
+        .expect("query");
     row.expect("one row").try_get("", "n").expect("n")
 }
 
@@ -30,12 +36,12 @@ async fn read_connections(app: &TestApp) -> i64 {
 async fn on_postgres_the_guard_loads_users_through_connections_of_its_own() {
     let embedded = TestApp::spawn(Backend::Embedded).await;
     assert!(
-        matches!(embedded.state.reads, Reads::Orm(_)),
+        matches!(embedded.state.db.reads(), Reads::Orm(_)),
         "SQLite: SeaORM's pool"
     );
 
     let app = TestApp::spawn(Backend::PostgresRedis).await;
-    assert!(matches!(app.state.reads, Reads::Postgres(_)));
+    assert!(matches!(app.state.db.reads(), Reads::Postgres(_)));
     let user = app.signed_in_user().await;
 
     let response = app.me(&user.tokens().access).await;
@@ -78,11 +84,11 @@ async fn a_read_whose_connection_the_database_ended_runs_again_on_a_new_one() {
 async fn a_connection_whose_query_was_abandoned_half_way_serves_no_further_query() {
     // Arrange: one read connection, busy with a query whose caller gives up (as when a
     // request is cancelled or times out).
-    let app = TestApp::spawn_with(Backend::PostgresRedis, |s| s.database_pool_size = Some(1)).await;
+    let app = TestApp::spawn_with(Backend::PostgresRedis, |s| s.database.pool_size = Some(1)).await;
     let slow = Statement::from_string(DbBackend::Postgres, "SELECT pg_sleep(5)::text AS n");
     let abandoned = tokio::time::timeout(
         Duration::from_millis(300),
-        app.state.reads.query_one_raw(slow),
+        app.state.db.reads().query_one_raw(slow),
     )
     .await;
     assert!(abandoned.is_err(), "the slow query was cut off");
@@ -90,7 +96,7 @@ async fn a_connection_whose_query_was_abandoned_half_way_serves_no_further_query
     // Act
     let started = Instant::now();
     let quick = Statement::from_string(DbBackend::Postgres, "SELECT 7::bigint AS n");
-    let row = app.state.reads.query_one_raw(quick).await;
+    let row = app.state.db.reads().query_one_raw(quick).await;
 
     // Assert: the answer comes from a new connection, not after the abandoned query's
     // answer on the old one (which would take the rest of its 5 s).

@@ -120,6 +120,32 @@ async fn docs_and_spec_are_served(app: TestApp) {
         .flat_map(|s| s.as_object().unwrap().keys().map(String::as_str))
         .collect();
     assert_eq!(schemes, ["BearerAuth", "CookieAuth"]);
+    // Each operation lists only the statuses it can answer.
+    let statuses = |operation: &Value| -> Vec<String> {
+        operation["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(statuses(me), ["200", "401", "500", "503"]);
+    let login = &served["paths"]["/api/v1/auth/login"]["post"];
+    assert_eq!(
+        statuses(login),
+        [
+            "200", "400", "401", "403", "413", "415", "422", "429", "500", "503"
+        ]
+    );
+    assert!(
+        login["responses"]["401"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("`invalid_credentials`"),
+        "{login}"
+    );
+    let ready = &served["paths"]["/health/ready"]["get"];
+    assert_eq!(statuses(ready), ["200", "503"]);
     let codes = served["components"]["schemas"]["ErrorCode"]["enum"]
         .as_array()
         .unwrap();
@@ -209,7 +235,7 @@ impl Drop for OwnRedis {
 async fn readiness_names_the_session_store_when_redis_is_down() {
     let mut redis = OwnRedis::start();
     let url = redis.url.clone();
-    let app = TestApp::spawn_with(Backend::Embedded, |s| s.redis_url = Some(url.into())).await;
+    let app = TestApp::spawn_with(Backend::Embedded, |s| s.redis.url = Some(url.into())).await;
     let ready = || app.client.get(app.url("/health/ready")).send();
     assert_eq!(ready().await.unwrap().status(), StatusCode::OK);
     let user = app.signed_in_user().await;
@@ -251,12 +277,12 @@ async fn readiness_names_the_session_store_when_redis_is_down() {
 /// After Redis comes back (empty: it keeps nothing on disk), the service works again without a
 /// restart, whichever way it reaches Redis: the shared multiplexed connection reconnects, the
 /// pool replaces its dead connections.
-async fn service_recovers_when_redis_comes_back(access: latchkey::config::RedisAccess) {
+async fn service_recovers_when_redis_comes_back(access: latchkey::store::redis::RedisAccess) {
     let mut redis = OwnRedis::start();
     let url = redis.url.clone();
     let app = TestApp::spawn_with(Backend::Embedded, |s| {
-        s.redis_url = Some(url.into());
-        s.redis_access = access;
+        s.redis.url = Some(url.into());
+        s.redis.access = access;
     })
     .await;
     let before = app.signed_in_user().await;
@@ -298,12 +324,12 @@ async fn service_recovers_when_redis_comes_back(access: latchkey::config::RedisA
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_recovers_when_redis_comes_back_multiplexed() {
-    service_recovers_when_redis_comes_back(latchkey::config::RedisAccess::Multiplexed).await;
+    service_recovers_when_redis_comes_back(latchkey::store::redis::RedisAccess::Multiplexed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_recovers_when_redis_comes_back_pooled() {
-    service_recovers_when_redis_comes_back(latchkey::config::RedisAccess::Pooled).await;
+    service_recovers_when_redis_comes_back(latchkey::store::redis::RedisAccess::Pooled).await;
 }
 
 fn spec_path(name: &str) -> std::path::PathBuf {

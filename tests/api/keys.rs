@@ -8,8 +8,10 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use latchkey::{
-    auth::keys::{self, KeyKind, Keys, Manifest, ManifestEntry, RotationPolicy},
-    config::{KeyPaths, KeySource, Settings},
+    auth::keys::{
+        self, KeyKind, KeyPaths, KeySource, Keys, Manifest, ManifestEntry, RotationPolicy,
+    },
+    config::Settings,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -28,8 +30,8 @@ async fn spawn_on_key_dir(
     let paths = write_key_dir(&dir.path().join("keys"), &KEYS.access, &KEYS.refresh);
     let source = KeySource::Files(paths.clone());
     let app = TestApp::spawn_with(backend, move |s| {
-        s.keys = source;
-        s.keys_reload_secs = 1;
+        s.keys.source = source;
+        s.keys.reload_every = Duration::from_secs(1);
         configure(s);
     })
     .await;
@@ -41,10 +43,10 @@ fn policy(app: &TestApp, kind: KeyKind, delay_secs: i64) -> RotationPolicy {
     RotationPolicy {
         delay_secs,
         token_ttl_secs: match kind {
-            KeyKind::Access => settings.access_ttl_secs,
-            KeyKind::Refresh => settings.refresh_ttl_secs,
+            KeyKind::Access => settings.tokens.access_ttl_secs(),
+            KeyKind::Refresh => settings.tokens.refresh_ttl_secs(),
         },
-        leeway_secs: settings.leeway_secs as i64,
+        leeway_secs: settings.tokens.leeway.as_secs() as i64,
     }
 }
 
@@ -209,7 +211,7 @@ async fn prune_removes_only_keys_whose_tokens_have_all_expired(backend: Backend)
     let retires_at = retired.retires_at.expect("the replaced key retires");
     // Retirement waits for the last token the old key signed, leeway included.
     let exp = claims_of(&old.access)["exp"].as_i64().unwrap();
-    let leeway = app.state.settings.leeway_secs as i64;
+    let leeway = app.state.settings.tokens.leeway.as_secs() as i64;
     assert!(
         retires_at.timestamp() >= exp + leeway,
         "retires at {retires_at}, but a token verifies until {}",
@@ -338,8 +340,8 @@ async fn keys_from_the_environment_are_a_single_key_setup() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), STANDARD.encode(v)))
     .collect();
-    let env_keys = Settings::from_vars(&vars).expect("settings").keys;
-    let app = TestApp::spawn_with(Backend::Embedded, move |s| s.keys = env_keys).await;
+    let env_keys = Settings::from_vars(&vars).expect("settings").keys.source;
+    let app = TestApp::spawn_with(Backend::Embedded, move |s| s.keys.source = env_keys).await;
     assert_eq!(app.jwks_kids().await, vec![KEYS.access.kid()]);
     assert_eq!(app.state.tokens.keys().all(KeyKind::Access).len(), 1);
     assert_eq!(app.state.tokens.keys().all(KeyKind::Refresh).len(), 1);
@@ -350,7 +352,7 @@ async fn keys_from_the_environment_are_a_single_key_setup() {
 }
 
 fn load(paths: &KeyPaths) -> Result<Keys, String> {
-    Keys::load(&KeySource::Files(paths.clone()), false).map_err(|e| e.0)
+    Keys::load(&KeySource::Files(paths.clone()), false).map_err(|e| e.to_string())
 }
 
 fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut Manifest)) {
@@ -395,7 +397,8 @@ fn production_refusals_hold_for_every_key_in_the_manifest() {
         &policy,
         Utc::now(),
     )
-    .expect_err("refused");
+    .expect_err("refused")
+    .to_string();
     assert!(
         message.contains("1024 bits") && message.contains("at least 2048"),
         "{message}"
@@ -566,6 +569,8 @@ fn rotation_schedules_retirement_and_list_shows_each_state() {
     );
 
     // `keys generate` no longer applies to a rotating directory.
-    let refused = keys::generate_key_dir(&paths.dir, 2048, true).unwrap_err();
+    let refused = keys::generate_key_dir(&paths.dir, 2048, true)
+        .unwrap_err()
+        .to_string();
     assert!(refused.contains("keys rotate"), "{refused}");
 }

@@ -5,6 +5,7 @@ mod helpers;
 
 mod abuse;
 mod admin;
+mod architecture;
 mod cli;
 mod config;
 mod cookies;

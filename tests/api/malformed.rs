@@ -346,7 +346,7 @@ async fn malformed_requests_get_clear_client_errors(app: TestApp) {
     // None of them created an account.
     use sea_orm::{EntityTrait, PaginatorTrait};
     let users = latchkey::db::entities::user::Entity::find()
-        .count(&app.state.db)
+        .count(app.state.db.connection())
         .await
         .unwrap();
     assert_eq!(users, 0);

@@ -1,6 +1,7 @@
 //! Metrics, request ids and the audit trail.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use latchkey::limits::Rate;
 use reqwest::StatusCode;
@@ -14,11 +15,11 @@ use crate::{
 };
 
 backend_tests!(with(|s| {
-    s.refresh_grace_secs = 0;
-    s.limits.login_per_account = Rate { limit: 3, window_secs: 60 };
+    s.accounts.refresh_grace = Duration::from_secs(0);
+    s.limits.login_per_account = Rate::per_secs(3, 60);
 }) => metrics_count_a_scripted_sequence_exactly);
 
-backend_tests!(with(|s| s.refresh_grace_secs = 0) => every_audit_event_type_is_recorded_with_its_fields);
+backend_tests!(with(|s| s.accounts.refresh_grace = Duration::from_secs(0)) => every_audit_event_type_is_recorded_with_its_fields);
 
 backend_tests!(
     request_ids_are_echoed_generated_and_logged,

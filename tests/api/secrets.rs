@@ -1,6 +1,5 @@
 //! No response body and no log line ever contains a password or a password hash.
 
-use latchkey::db::users;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -54,7 +53,11 @@ async fn no_response_or_log_line_contains_a_password_or_its_hash(app: TestApp) {
     record(status_and_json(app.post_json("/api/v1/auth/register", &json!({"name": user.password, "email": user.password, "password": user.password, "password_confirm": "x"})).await).await);
     record(status_and_json(app.refresh(&tokens.refresh).await).await);
 
-    let stored = users::find_by_email(&app.state.db, &user.email)
+    let stored = app
+        .state
+        .db
+        .users()
+        .find_by_email(&user.email)
         .await
         .unwrap()
         .expect("stored user");

@@ -4,11 +4,8 @@
 use std::sync::Arc;
 
 use latchkey::{
-    config::RedisAccess,
-    session::{
-        NewSession, RotateOutcome, Rotation, SessionStore, redis::RedisStore,
-        redis_client::RedisClient,
-    },
+    session::{NewSession, RotateOutcome, Rotation, SessionStore, redis::RedisStore},
+    store::redis::{RedisAccess, RedisClient},
 };
 use uuid::Uuid;
 
@@ -35,12 +32,12 @@ macro_rules! store_contract {
 
                 #[tokio::test]
                 async fn redis_multiplexed() {
-                    super::$name(super::redis_store(latchkey::config::RedisAccess::Multiplexed)).await;
+                    super::$name(super::redis_store(latchkey::store::redis::RedisAccess::Multiplexed)).await;
                 }
 
                 #[tokio::test]
                 async fn redis_pooled() {
-                    super::$name(super::redis_store(latchkey::config::RedisAccess::Pooled)).await;
+                    super::$name(super::redis_store(latchkey::store::redis::RedisAccess::Pooled)).await;
                 }
             }
         )*

@@ -1,7 +1,7 @@
 //! Sessions and revocation (API.md sections 5 and 6): devices, logout-all, password change,
 //! account deletion, race-safe rotation with a grace window, and reuse detection.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -25,11 +25,11 @@ backend_tests!(
     session_list_shows_user_agent_ip_and_the_current_session,
 );
 
-backend_tests!(with(|s| s.refresh_grace_secs = 1) => reuse_after_the_grace_window_revokes_the_session);
+backend_tests!(with(|s| s.accounts.refresh_grace = Duration::from_secs(1)) => reuse_after_the_grace_window_revokes_the_session);
 
 backend_tests!(with(|s| {
-    s.access_ttl_secs = 2;
-    s.refresh_ttl_secs = 3;
+    s.tokens.access_ttl = Duration::from_secs(2);
+    s.tokens.refresh_ttl = Duration::from_secs(3);
 }) => the_session_list_drops_expired_sessions);
 
 async fn login_as(app: &TestApp, user: &TestUser, agent: &str) -> Tokens {

@@ -1,6 +1,8 @@
 //! Every way a token can be wrong gets 401, and nothing else gets through. Forged tokens are
 //! variants of a real, live token, so each case breaks exactly one property.
 
+use std::time::Duration;
+
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use latchkey::db::entities::user;
@@ -34,11 +36,11 @@ backend_tests!(
 
 // Without a grace window a rotated-away token is reuse at once (the grace window has its own
 // tests in sessions.rs).
-backend_tests!(with(|s| s.refresh_grace_secs = 0) => a_rotated_away_refresh_token_is_rejected_and_revokes_the_session);
+backend_tests!(with(|s| s.accounts.refresh_grace = Duration::from_secs(0)) => a_rotated_away_refresh_token_is_rejected_and_revokes_the_session);
 
 backend_tests!(with(|s| {
-    s.access_ttl_secs = 2;
-    s.refresh_ttl_secs = 60;
+    s.tokens.access_ttl = Duration::from_secs(2);
+    s.tokens.refresh_ttl = Duration::from_secs(60);
 }) => a_token_past_exp_within_the_leeway_is_reported_expired_not_revoked);
 
 async fn a_token_past_exp_within_the_leeway_is_reported_expired_not_revoked(app: TestApp) {
@@ -254,7 +256,7 @@ async fn a_rotated_away_refresh_token_is_rejected_and_revokes_the_session(app: T
 async fn a_deleted_users_token_is_rejected(app: TestApp) {
     let user = app.signed_in_user().await;
     user::Entity::delete_by_id(user.user_id())
-        .exec(&app.state.db)
+        .exec(app.state.db.connection())
         .await
         .unwrap();
     assert_rejected(&app, &user.tokens().access).await;
@@ -269,13 +271,13 @@ async fn a_deleted_users_token_is_rejected(app: TestApp) {
 async fn a_disabled_users_token_is_rejected(app: TestApp) {
     let user = app.signed_in_user().await;
     let row = user::Entity::find_by_id(user.user_id())
-        .one(&app.state.db)
+        .one(app.state.db.connection())
         .await
         .unwrap()
         .unwrap();
     let mut active: user::ActiveModel = row.into();
     active.disabled = Set(true);
-    active.update(&app.state.db).await.unwrap();
+    active.update(app.state.db.connection()).await.unwrap();
     assert_rejected(&app, &user.tokens().access).await;
     assert_error(
         app.refresh(&user.tokens().refresh).await,

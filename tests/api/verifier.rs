@@ -148,12 +148,12 @@ async fn verifier_example_accepts_latchkey_tokens_and_rejects_forgeries() {
 async fn verifier_example_refetches_the_jwks_on_a_new_kid() {
     let dir = tempfile::tempdir().unwrap();
     let paths = write_key_dir(&dir.path().join("keys"), &KEYS.access, &KEYS.refresh);
-    let source = latchkey::config::KeySource::Files(paths.clone());
+    let source = latchkey::auth::keys::KeySource::Files(paths.clone());
     let app = TestApp::spawn_with(Backend::Embedded, move |s| {
-        s.keys = source;
-        s.keys_reload_secs = 1;
+        s.keys.source = source;
+        s.keys.reload_every = Duration::from_secs(1);
         // The verifier may cache for an hour: only an unknown kid makes it ask again.
-        s.jwks_max_age_secs = 3600;
+        s.keys.jwks_max_age = Duration::from_secs(3600);
     })
     .await;
     let refetch_limit = Duration::from_secs(1);
@@ -225,7 +225,10 @@ async fn verifier_example_refetches_the_jwks_on_a_new_kid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verifier_example_keeps_working_from_cache_while_latchkey_is_stopped() {
     // A one-second max-age: the cache goes stale quickly, and must still be used.
-    let app = TestApp::spawn_with(Backend::Embedded, |s| s.jwks_max_age_secs = 1).await;
+    let app = TestApp::spawn_with(Backend::Embedded, |s| {
+        s.keys.jwks_max_age = Duration::from_secs(1)
+    })
+    .await;
     let verifier = start_verifier(&app, Duration::from_millis(200)).await;
     let user = app.signed_in_user().await;
     let access = user.tokens().access.clone();

@@ -1,36 +1,18 @@
-//! The guard in front of every protected endpoint (API.md section 3).
+//! The guard as poem extractors: an endpoint declares [`Authenticated`] (or
+//! [`RequireRole<Admin>`]) and runs only for a caller the guard let through.
 //!
-//! An endpoint declares it by taking an [`Authenticated`] argument. Before the handler runs:
-//! 1. credentials: `Authorization: Bearer` first, otherwise the `access_token` cookie;
-//! 2. a cookie-authenticated unsafe request must pass the CSRF check;
-//! 3. the JWT is verified (RS256 pinned, access key, iss/aud/exp/nbf, not a refresh token);
-//! 4. its `jti` must be live in the session store: this is what makes logout and revocation
-//!    immediate, whatever the signature says;
-//! 5. the user is loaded by `sub` through SeaORM and must exist and not be disabled. The role
-//!    comes from this row, not from the token, so a role change applies on the next request.
-//!
-//! Any failure is 401 `invalid_token` (or `token_expired`), with no hint which step refused.
+//! Here the HTTP part: credentials (`Authorization: Bearer` first, otherwise the `access_token`
+//! cookie) and, for a cookie with an unsafe method, the CSRF check. The rest (the JWT, its `jti`
+//! in the session store, the user's row) is [`Accounts::authenticate`](crate::accounts::Accounts).
 
 use poem::{Request, RequestBody};
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ExtractParamOptions,
     registry::{MetaSecurityScheme, Registry},
 };
-use uuid::Uuid;
 
-use super::{
-    cookies::ACCESS_COOKIE,
-    csrf,
-    tokens::{AccessClaims, TokenError},
-};
-use crate::{
-    db::{
-        entities::user::{self, Role},
-        users,
-    },
-    error::{ApiError, ErrorCode},
-    state::AppState,
-};
+use super::{cookies::ACCESS_COOKIE, error::ApiError, request::provenance};
+use crate::{accounts::Caller, auth::csrf, db::entities::user::Role, state::AppState};
 
 /// Name of the bearer security scheme in the OpenAPI spec.
 pub const BEARER_SCHEME: &str = "BearerAuth";
@@ -44,12 +26,10 @@ pub enum CredentialSource {
     Cookie,
 }
 
-/// The caller of a protected endpoint: the loaded user and the session the token belongs to.
+/// The caller of a protected endpoint, and how its token arrived.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
-    pub user: user::Model,
-    pub session_id: Uuid,
-    pub claims: AccessClaims,
+    pub caller: Caller,
     pub source: CredentialSource,
 }
 
@@ -77,32 +57,10 @@ pub fn access_token(req: &Request) -> Result<Option<(String, CredentialSource)>,
 pub async fn authenticate(state: &AppState, req: &Request) -> Result<Authenticated, ApiError> {
     let (token, source) = access_token(req)?.ok_or_else(ApiError::missing_token)?;
     if source == CredentialSource::Cookie && csrf::is_unsafe(req.method()) {
-        csrf::check(req, &state.settings.allowed_origins)?;
+        csrf::check(provenance(req), &state.settings.http.allowed_origins)?;
     }
-    let claims = state.tokens.verify_access(&token)?;
-    // Revocation: a token whose jti is no longer recorded is dead, even if correctly signed.
-    if !state
-        .sessions
-        .is_access_active(claims.sub, claims.sid, claims.jti)
-        .await?
-    {
-        // Within the verification leeway after `exp` the store has already dropped the jti:
-        // that token expired, it was not revoked, and the client should refresh.
-        if claims.exp <= chrono::Utc::now().timestamp() {
-            return Err(TokenError::Expired.into());
-        }
-        return Err(ApiError::invalid_token());
-    }
-    let user = users::find_by_id(&state.reads, claims.sub)
-        .await?
-        .filter(|user| !user.disabled)
-        .ok_or_else(ApiError::invalid_token)?;
-    Ok(Authenticated {
-        user,
-        session_id: claims.sid,
-        claims,
-        source,
-    })
+    let caller = state.accounts.authenticate(&token).await?;
+    Ok(Authenticated { caller, source })
 }
 
 /// The application state poem attached to the request.
@@ -215,12 +173,9 @@ impl<'a, R: RequiredRole> ApiExtractor<'a> for RequireRole<R> {
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
         let auth = authenticate(app_state(req)?, req).await?;
-        if auth.user.role != R::ROLE {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                format!("this needs the {} role", R::ROLE.as_str()),
-            )
-            .into());
+        if auth.caller.user.role != R::ROLE {
+            let message = format!("this needs the {} role", R::ROLE.as_str());
+            return Err(ApiError::new(super::error::ErrorCode::Forbidden, message).into());
         }
         Ok(Self {
             auth,

@@ -1,4 +1,5 @@
-//! The one API error type.
+//! The HTTP error type, its JSON body, the error sets each operation documents, and the
+//! mapping of every lower layer's error to a status and a stable code.
 //!
 //! Policy:
 //! - Every error on every route, including ones poem raises itself (unknown path, wrong method,
@@ -10,15 +11,24 @@
 //!   signature, the issuer or the revocation check refused it. Every 401 carries
 //!   `WWW-Authenticate: Bearer` (with `error="invalid_token"` when a token was presented).
 //! - Nothing here ever echoes a password, a hash or a token.
+//! - Each operation's spec lists only the codes it can answer ([`Failure`] and its
+//!   [`ErrorSet`]); in debug builds an undocumented code is logged as an error, which the test
+//!   suite fails on.
 
-use poem::{Response, error::ResponseError, http::StatusCode};
+use std::{
+    collections::HashMap,
+    marker::PhantomData,
+    sync::{LazyLock, Mutex},
+};
+
+use poem::{IntoResponse, Response, error::ResponseError, http::StatusCode};
 use poem_openapi::{
     ApiResponse, Enum, Object,
     registry::{MetaMediaType, MetaResponse, MetaResponses, Registry},
     types::{ToJSON, Type},
 };
 
-use crate::{auth::tokens::TokenError, limits::RateLimitInfo, session::StoreError};
+use crate::{accounts::AccountError, auth::csrf::CsrfRejected, limits::Limited};
 
 /// Stable machine-readable error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -67,6 +77,39 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// What the code means, for the spec's response descriptions.
+    fn meaning(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            MalformedRequest => "the body is not JSON or has wrong types",
+            MissingToken => "no credentials were presented",
+            InvalidToken => "the token is invalid or revoked",
+            TokenExpired => "the token has expired",
+            InvalidCredentials => "wrong email or password",
+            RefreshTokenReused => "a rotated-away refresh token; the session is revoked",
+            CsrfRejected => "a cookie request from an origin that is not allowed",
+            AccountDisabled => "the account is disabled",
+            Forbidden => "the caller lacks the role",
+            NotFound => "no such resource",
+            MethodNotAllowed => "the route does not take this method",
+            EmailTaken => "an account has this email",
+            LastAdmin => "it would leave no active admin",
+            PayloadTooLarge => "the body is larger than 64 KiB",
+            UnsupportedMediaType => "send `Content-Type: application/json`",
+            ValidationFailed => "see `details`",
+            RateLimited => "see `Retry-After`",
+            InternalError => "an unexpected failure",
+            ServiceUnavailable => "a dependency is down or the request took too long",
+            Busy => "too many password checks are queued",
+        }
+    }
+
+    fn name(self) -> String {
+        self.to_json()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
@@ -128,6 +171,15 @@ pub struct ApiError {
     pub rate_limit: Option<Box<RateLimitInfo>>,
     /// The dependency that failed, for the metrics (`database`, `session store`).
     pub dependency: Option<&'static str>,
+}
+
+/// The `RateLimit-*` headers of a 429.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    pub limit: u64,
+    pub window_secs: u64,
+    pub remaining: u64,
+    pub reset_secs: u64,
 }
 
 /// Attached to an error response: which dependency failed (read by the metrics middleware).
@@ -201,6 +253,29 @@ impl ApiError {
         }
     }
 
+    /// A 429 with `Retry-After` and, for a rate, the `RateLimit-*` headers.
+    pub fn rate_limited(limited: Limited) -> Self {
+        let message = match limited.rate {
+            Some(_) => "too many requests; retry after the number of seconds in Retry-After",
+            None => {
+                "too many failed logins for this account; retry after the number of seconds in \
+                 Retry-After"
+            }
+        };
+        Self {
+            retry_after: Some(limited.retry_after_secs),
+            rate_limit: limited.rate.map(|rate| {
+                Box::new(RateLimitInfo {
+                    limit: rate.limit,
+                    window_secs: rate.window.as_secs(),
+                    remaining: 0,
+                    reset_secs: limited.retry_after_secs,
+                })
+            }),
+            ..Self::new(ErrorCode::RateLimited, message)
+        }
+    }
+
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: ErrorDetail {
@@ -252,55 +327,151 @@ impl ResponseError for ApiError {
     }
 }
 
-/// Lists every error status with the `ErrorBody` schema in the OpenAPI spec.
-impl ApiResponse for ApiError {
-    fn meta() -> MetaResponses {
-        let statuses: [(u16, &str); 12] = [
-            (
-                400,
-                "malformed_request: the body is not JSON or has wrong types",
-            ),
-            (
-                401,
-                "missing_token, invalid_token, token_expired, invalid_credentials or refresh_token_reused; carries `WWW-Authenticate: Bearer`",
-            ),
-            (403, "csrf_rejected, account_disabled or forbidden"),
-            (404, "not_found"),
-            (405, "method_not_allowed"),
-            (409, "email_taken or last_admin"),
-            (413, "payload_too_large: bodies are limited to 64 KiB"),
-            (
-                415,
-                "unsupported_media_type: send `Content-Type: application/json`",
-            ),
-            (422, "validation_failed, with field `details`"),
-            (429, "rate_limited; carries `Retry-After`"),
-            (500, "internal_error"),
-            (
-                503,
-                "service_unavailable: the database or the session store is down; carries `Retry-After`",
-            ),
-        ];
-        MetaResponses {
-            responses: statuses
-                .into_iter()
-                .map(|(status, description)| MetaResponse {
-                    description,
-                    status: Some(status),
-                    status_range: None,
-                    content: vec![MetaMediaType {
-                        content_type: "application/json; charset=utf-8",
-                        schema: ErrorBody::schema_ref(),
-                    }],
-                    headers: vec![],
-                })
-                .collect(),
+/// The codes an operation can answer, documented in its spec entry.
+pub trait ErrorSet: Send + Sync + 'static {
+    fn codes() -> Vec<ErrorCode>;
+}
+
+/// What an operation that reads a JSON body can answer about it.
+pub const BODY: &[ErrorCode] = &[
+    ErrorCode::MalformedRequest,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::ValidationFailed,
+];
+/// What the guard of a protected operation can answer.
+pub const GUARD: &[ErrorCode] = &[
+    ErrorCode::MissingToken,
+    ErrorCode::InvalidToken,
+    ErrorCode::TokenExpired,
+];
+/// What any operation that reaches a dependency can answer.
+pub const SERVER: &[ErrorCode] = &[ErrorCode::InternalError, ErrorCode::ServiceUnavailable];
+
+/// Declares an [`ErrorSet`]: `error_set!(Name: [GROUP, ...], Code, ...)`, the groups above
+/// and the operation's own codes.
+macro_rules! error_set {
+    ($(#[$doc:meta])* $name:ident: [$($group:ident),*] $(, $code:ident)* $(,)?) => {
+        $(#[$doc])*
+        pub enum $name {}
+
+        impl $crate::api::error::ErrorSet for $name {
+            fn codes() -> Vec<$crate::api::error::ErrorCode> {
+                #[allow(unused_mut)]
+                let mut codes: Vec<$crate::api::error::ErrorCode> =
+                    vec![$($crate::api::error::ErrorCode::$code),*];
+                $(codes.extend_from_slice($crate::api::error::$group);)*
+                codes
+            }
         }
+    };
+}
+pub(crate) use error_set;
+
+/// The error of an operation that can answer the codes of `S`: an [`ApiError`] whose spec
+/// entry lists only those.
+pub struct Failure<S: ErrorSet> {
+    pub error: ApiError,
+    set: PhantomData<S>,
+}
+
+impl<S: ErrorSet> Failure<S> {
+    fn new(error: ApiError) -> Self {
+        #[cfg(debug_assertions)]
+        if !S::codes().contains(&error.code) {
+            tracing::error!(code = ?error.code, "undocumented error code for this operation");
+        }
+        Self {
+            error,
+            set: PhantomData,
+        }
+    }
+}
+
+impl<S: ErrorSet> From<ApiError> for Failure<S> {
+    fn from(error: ApiError) -> Self {
+        Self::new(error)
+    }
+}
+
+impl<S: ErrorSet> From<AccountError> for Failure<S> {
+    fn from(error: AccountError) -> Self {
+        Self::new(error.into())
+    }
+}
+
+impl<S: ErrorSet> From<CsrfRejected> for Failure<S> {
+    fn from(error: CsrfRejected) -> Self {
+        Self::new(error.into())
+    }
+}
+
+impl<S: ErrorSet> From<Failure<S>> for poem::Error {
+    fn from(failure: Failure<S>) -> Self {
+        failure.error.into()
+    }
+}
+
+impl<S: ErrorSet> IntoResponse for Failure<S> {
+    fn into_response(self) -> Response {
+        self.error.as_response()
+    }
+}
+
+/// One response per status of `S`, each describing its codes, with the `ErrorBody` schema.
+impl<S: ErrorSet> ApiResponse for Failure<S> {
+    fn meta() -> MetaResponses {
+        let codes = S::codes();
+        let mut statuses: Vec<u16> = codes.iter().map(|c| c.status().as_u16()).collect();
+        statuses.sort_unstable();
+        statuses.dedup();
+        let responses = statuses
+            .into_iter()
+            .map(|status| MetaResponse {
+                description: describe(status, &codes),
+                status: Some(status),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: "application/json; charset=utf-8",
+                    schema: ErrorBody::schema_ref(),
+                }],
+                headers: vec![],
+            })
+            .collect();
+        MetaResponses { responses }
     }
 
     fn register(registry: &mut Registry) {
         ErrorBody::register(registry);
     }
+}
+
+/// The description of one status of an error set: its codes and what each means, plus the
+/// headers the status carries. Interned: the spec's descriptions are `&'static str`, and
+/// there are as many as there are distinct (status, codes) pairs.
+fn describe(status: u16, codes: &[ErrorCode]) -> &'static str {
+    static TEXTS: LazyLock<Mutex<HashMap<String, &'static str>>> = LazyLock::new(Default::default);
+    let mut codes: Vec<ErrorCode> = codes.to_vec();
+    codes.sort_by_key(|c| *c as usize);
+    codes.dedup();
+    let mut text: Vec<String> = codes
+        .iter()
+        .filter(|c| c.status().as_u16() == status)
+        .map(|c| format!("`{}`: {}", c.name(), c.meaning()))
+        .collect();
+    match status {
+        401 => text.push("carries `WWW-Authenticate: Bearer`".into()),
+        429 | 503 => text.push("carries `Retry-After`".into()),
+        _ => {}
+    }
+    let text = text.join("; ");
+    let mut texts = TEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(interned) = texts.get(&text) {
+        return interned;
+    }
+    let interned: &'static str = Box::leak(text.clone().into_boxed_str());
+    texts.insert(text, interned);
+    interned
 }
 
 impl From<sea_orm::DbErr> for ApiError {
@@ -322,18 +493,44 @@ impl From<sea_orm::DbErr> for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        Self::unavailable("session store", err)
+impl From<AccountError> for ApiError {
+    fn from(err: AccountError) -> Self {
+        use ErrorCode::*;
+        let message = err.to_string();
+        match err {
+            AccountError::Invalid(fields) => Self::validation(
+                fields
+                    .into_iter()
+                    .map(|f| FieldError {
+                        field: f.field,
+                        issue: f.issue,
+                    })
+                    .collect(),
+            ),
+            AccountError::EmailTaken => Self::new(EmailTaken, message),
+            AccountError::InvalidCredentials => Self::new(InvalidCredentials, message),
+            AccountError::AccountDisabled => Self::new(AccountDisabled, message),
+            AccountError::LastAdmin => Self::new(LastAdmin, message),
+            AccountError::NoSuchUser | AccountError::NoSuchSession => Self::not_found(message),
+            AccountError::InvalidToken => Self::invalid_token(),
+            AccountError::TokenExpired => Self::new(TokenExpired, message),
+            AccountError::RefreshTokenReused => Self::new(RefreshTokenReused, message),
+            AccountError::RateLimited(limited) => Self::rate_limited(limited),
+            AccountError::Busy => Self {
+                retry_after: Some(1),
+                ..Self::new(Busy, message)
+            },
+            AccountError::Database(err) => err.into(),
+            AccountError::Sessions(err) => Self::unavailable("session store", err),
+            AccountError::Limiter(err) => Self::unavailable("rate limiter", err),
+            AccountError::Internal(err) => Self::internal(format!("{err:#}")),
+        }
     }
 }
 
-impl From<TokenError> for ApiError {
-    fn from(err: TokenError) -> Self {
-        match err {
-            TokenError::Expired => Self::new(ErrorCode::TokenExpired, "the token has expired"),
-            TokenError::Invalid => Self::invalid_token(),
-        }
+impl From<CsrfRejected> for ApiError {
+    fn from(err: CsrfRejected) -> Self {
+        Self::new(ErrorCode::CsrfRejected, err.to_string())
     }
 }
 

@@ -1,14 +1,9 @@
-//! How the service reaches Redis (`REDIS_ACCESS`), shared by the session store and the rate
-//! limiter.
+//! How an instance reaches Redis, for the session store and the rate limiter alike.
 //!
-//! Two access patterns, measured against each other in `bench/` (see bench/README.md):
-//! - `multiplexed` (the default): one shared connection that every request pipelines onto. A
-//!   command costs one round trip, with no checkout, and concurrent requests share socket
-//!   reads and writes. It reconnects by itself after Redis restarts.
-//! - `pooled`: a deadpool-redis connection checked out per operation. deadpool PINGs a
-//!   connection each time it hands it out, so every operation costs two round trips.
-//!
-//! Both fail fast (2 s) when Redis hangs or is down, so the caller can answer 503.
+//! `REDIS_ACCESS=multiplexed` (the default): one shared connection that every request
+//! pipelines onto: a command costs one round trip and no checkout, and it reconnects by itself
+//! after Redis restarts. `pooled`: a deadpool-redis checkout per operation (bench/README.md
+//! compares the two). Both fail fast when Redis hangs or is down, so the caller can answer 503.
 
 use std::time::Duration;
 
@@ -18,11 +13,19 @@ use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
 };
 
-use super::StoreError;
-use crate::config::RedisAccess;
+use super::BackendError;
 
 /// The longest a Redis operation (or a connection attempt) may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How requests reach Redis (`REDIS_ACCESS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisAccess {
+    /// One shared multiplexed connection: one round trip per operation.
+    Multiplexed,
+    /// A deadpool-redis checkout per operation.
+    Pooled,
+}
 
 /// A cheap-to-clone handle to Redis.
 #[derive(Clone)]
@@ -39,11 +42,10 @@ pub enum RedisConn {
 
 impl RedisClient {
     /// A handle for `url`; no connection is made until the first command.
-    pub fn new(url: &str, access: RedisAccess, pool_size: usize) -> Result<Self, StoreError> {
-        let invalid = |err: &dyn std::fmt::Display| StoreError(format!("invalid REDIS_URL: {err}"));
+    pub fn new(url: &str, access: RedisAccess, pool_size: usize) -> Result<Self, BackendError> {
         match access {
             RedisAccess::Multiplexed => {
-                let client = redis::Client::open(url).map_err(|err| invalid(&err))?;
+                let client = redis::Client::open(url)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(TIMEOUT))
                     .set_response_timeout(Some(TIMEOUT))
@@ -51,9 +53,9 @@ impl RedisClient {
                     // then the request fails (503) and the next one tries again.
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(100));
-                let manager = ConnectionManager::new_lazy_with_config(client, config)
-                    .map_err(|err| invalid(&err))?;
-                Ok(Self::Multiplexed(manager))
+                Ok(Self::Multiplexed(ConnectionManager::new_lazy_with_config(
+                    client, config,
+                )?))
             }
             RedisAccess::Pooled => {
                 let mut config = Config::from_url(url);
@@ -62,23 +64,35 @@ impl RedisClient {
                 pool_config.timeouts.create = Some(TIMEOUT);
                 pool_config.timeouts.recycle = Some(TIMEOUT);
                 config.pool = Some(pool_config);
-                let pool = config
+                config
                     .create_pool(Some(Runtime::Tokio1))
-                    .map_err(|err| invalid(&err))?;
-                Ok(Self::Pooled(pool))
+                    .map(Self::Pooled)
+                    .map_err(|err| BackendError::Pool(err.to_string()))
             }
         }
     }
 
     /// A connection for one operation: a clone of the shared one, or a pool checkout.
-    pub async fn conn(&self) -> Result<RedisConn, StoreError> {
+    pub async fn conn(&self) -> Result<RedisConn, BackendError> {
         match self {
             Self::Multiplexed(manager) => Ok(RedisConn::Multiplexed(manager.clone())),
             Self::Pooled(pool) => pool
                 .get()
                 .await
                 .map(RedisConn::Pooled)
-                .map_err(|err| StoreError(err.to_string())),
+                .map_err(|err| BackendError::Pool(err.to_string())),
+        }
+    }
+
+    /// Answers when Redis does.
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut self.conn().await?)
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(BackendError::Protocol(format!("PING answered {pong:?}")))
         }
     }
 }

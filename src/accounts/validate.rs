@@ -1,6 +1,22 @@
-//! Input rules of API.md section 1, collected per field so that one 422 lists every problem.
+//! Input rules of API.md section 1, collected per field so that one refusal lists every
+//! problem. Field names are those of the API's request bodies.
 
-use crate::error::{ApiError, FieldError};
+use super::AccountError;
+
+/// One field-level problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The request field, e.g. `email`.
+    pub field: String,
+    /// What is wrong with it.
+    pub issue: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.issue)
+    }
+}
 
 pub const NAME_MAX_CHARS: usize = 100;
 pub const PASSWORD_MIN_CHARS: usize = 8;
@@ -104,15 +120,15 @@ impl Validator {
         Some(value)
     }
 
-    /// The checked values when no rule was broken, else one 422 with every field error.
+    /// The checked values when no rule was broken, else one refusal with every field error.
     /// Pass the values combined with `Option::zip`: each is `Some` exactly when it passed.
-    pub fn finish<T>(self, values: Option<T>) -> Result<T, ApiError> {
+    pub fn finish<T>(self, values: Option<T>) -> Result<T, AccountError> {
         match values {
             Some(values) if self.errors.is_empty() => Ok(values),
-            _ if !self.errors.is_empty() => Err(ApiError::validation(self.errors)),
-            _ => Err(ApiError::internal(
-                "a field failed validation without an error",
-            )),
+            _ if !self.errors.is_empty() => Err(AccountError::Invalid(self.errors)),
+            _ => Err(AccountError::Internal(anyhow::anyhow!(
+                "a field failed validation without an error"
+            ))),
         }
     }
 }

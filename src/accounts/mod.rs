@@ -1,0 +1,95 @@
+//! The flows of an account: register, log in, refresh, log out, change what the user may
+//! change, and what admins do. Each is a method of [`Accounts`] over the stores below it
+//! (database, session store, limits, password hashing, tokens, audit); each takes a
+//! [`ClientInfo`](crate::client::ClientInfo), never an HTTP request, so the HTTP API and the
+//! command line run the same code. Errors are [`AccountError`]s.
+
+mod admin;
+mod error;
+mod guard;
+mod login;
+mod profile;
+mod refresh;
+mod register;
+mod sessions;
+pub mod validate;
+
+use std::{sync::Arc, time::Duration};
+
+pub use self::{
+    admin::{AdminUpdate, Page, PageQuery},
+    error::AccountError,
+    guard::Caller,
+    login::SignedIn,
+    refresh::RefreshKind,
+    register::{NewAccount, Registration},
+};
+use crate::{
+    audit::Audit,
+    auth::{password::PasswordService, tokens::TokenService},
+    db::Database,
+    limits::Limiter,
+    session::SessionStore,
+    telemetry::metrics::Metrics,
+};
+
+/// What the flows need beyond their stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountPolicy {
+    /// How long a just-rotated refresh token still gets the same new pair
+    /// (`REFRESH_REUSE_GRACE`); zero turns the grace window off.
+    pub refresh_grace: Duration,
+}
+
+/// The stores and services the flows run on.
+pub struct Stores {
+    pub db: Database,
+    pub sessions: Arc<dyn SessionStore>,
+    pub limits: Limiter,
+    pub passwords: PasswordService,
+    pub tokens: Arc<TokenService>,
+    pub audit: Audit,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Every account flow.
+pub struct Accounts {
+    db: Database,
+    sessions: Arc<dyn SessionStore>,
+    limits: Limiter,
+    passwords: PasswordService,
+    tokens: Arc<TokenService>,
+    audit: Audit,
+    metrics: Arc<Metrics>,
+    policy: AccountPolicy,
+}
+
+impl Accounts {
+    pub fn new(stores: Stores, policy: AccountPolicy) -> Self {
+        Self {
+            db: stores.db,
+            sessions: stores.sessions,
+            limits: stores.limits,
+            passwords: stores.passwords,
+            tokens: stores.tokens,
+            audit: stores.audit,
+            metrics: stores.metrics,
+            policy,
+        }
+    }
+
+    /// Which of the service's dependencies are down: `database`, `session_store`.
+    pub async fn dependencies_down(&self) -> Vec<&'static str> {
+        let (db, store) = tokio::join!(self.db.ping(), self.sessions.ping());
+        let mut down = Vec::new();
+        if let Err(err) = db {
+            tracing::warn!(error = %err, "readiness: database down");
+            down.push("database");
+        }
+        if let Err(err) = store {
+            tracing::warn!(error = %err, "readiness: session store down");
+            down.push("session_store");
+        }
+        down
+    }
+}

@@ -1,0 +1,192 @@
+//! The command line: one function per subcommand. `latchkey` alone serves.
+
+mod keys;
+mod user;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use self::keys::list_keys;
+use crate::{
+    auth::keys::{DEFAULT_BITS, KeyKind},
+    config::Settings,
+    db::{Database, entities::user::Role},
+    startup::Application,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "latchkey",
+    version,
+    about = "Self-hosted authentication: RS256 JWTs with revocable sessions"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve,
+    /// Manage RSA key pairs.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage user accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Print the OpenAPI spec.
+    Openapi {
+        /// Print YAML instead of JSON.
+        #[arg(long)]
+        yaml: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate the access and the refresh key pair (private keys are written with mode 0600).
+    Generate {
+        #[arg(long, default_value = "keys")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = DEFAULT_BITS)]
+        bits: usize,
+        /// Replace existing key files (tokens signed by the old keys stop verifying).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Add a new key pair of one kind: published in the JWKS at once, signing only after
+    /// `--delay` seconds. The key it replaces keeps verifying until its tokens have expired.
+    Rotate {
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        #[arg(long, default_value = "keys")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = DEFAULT_BITS)]
+        bits: usize,
+        /// Seconds before the new key signs. Default: JWKS_MAX_AGE + 60, so every verifier's
+        /// cached JWKS holds the new key before any token signed with it exists.
+        #[arg(long)]
+        delay: Option<u64>,
+    },
+    /// Show every key with its state (pending, signing, retiring, expired) and times.
+    List {
+        #[arg(long, default_value = "keys")]
+        dir: PathBuf,
+    },
+    /// Delete the keys whose tokens have all expired (state `expired`).
+    Prune {
+        #[arg(long, default_value = "keys")]
+        dir: PathBuf,
+    },
+}
+
+/// Which kind of key to rotate.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KindArg {
+    Access,
+    Refresh,
+}
+
+impl From<KindArg> for KeyKind {
+    fn from(kind: KindArg) -> Self {
+        match kind {
+            KindArg::Access => KeyKind::Access,
+            KindArg::Refresh => KeyKind::Refresh,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    User,
+    Admin,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::User => Role::User,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account; the password is read from standard input. This is how the first admin
+    /// is made: `echo "$PASSWORD" | latchkey user create --email a@b.c --name Ada --role admin`.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum, default_value = "user")]
+        role: RoleArg,
+    },
+    /// Change the role of an existing account.
+    SetRole {
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+}
+
+/// Runs a parsed command. Settings are loaded only by the commands that need them.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve().await,
+        Command::Keys { command } => match command {
+            KeysCommand::Generate { dir, bits, force } => keys::generate(dir, bits, force).await,
+            KeysCommand::Rotate {
+                kind,
+                dir,
+                bits,
+                delay,
+            } => keys::rotate(kind.into(), dir, bits, delay).await,
+            KeysCommand::List { dir } => keys::list(&dir),
+            KeysCommand::Prune { dir } => keys::prune(&dir),
+        },
+        Command::Migrate => migrate().await,
+        Command::User { command } => match command {
+            UserCommand::Create { email, name, role } => {
+                user::create(email, name, role.into()).await
+            }
+            UserCommand::SetRole { email, role } => user::set_role(&email, role.into()).await,
+        },
+        Command::Openapi { yaml } => {
+            if yaml {
+                print!("{}", crate::api::spec_yaml());
+            } else {
+                println!("{}", crate::api::spec_json());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `latchkey serve`.
+async fn serve() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    crate::telemetry::init(settings.log_format);
+    tracing::info!(settings = ?settings, "starting");
+    Application::build(settings).await?.run().await?;
+    Ok(())
+}
+
+/// `latchkey migrate`.
+async fn migrate() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let db = Database::connect(settings.database.url.expose(), settings.database.pool_size).await?;
+    db.migrate().await?;
+    println!("migrations applied");
+    Ok(())
+}

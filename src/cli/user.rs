@@ -1,0 +1,48 @@
+//! `latchkey user ...`: accounts made and changed from the command line, through the same
+//! flows as the API (and audited with the command line as the actor).
+
+use std::io::Read;
+
+use crate::{
+    accounts::NewAccount, client::ClientInfo, config::Settings, db::entities::user::Role, startup,
+};
+
+/// `user create`: the password comes from standard input (one line).
+pub async fn create(email: String, name: String, role: Role) -> anyhow::Result<()> {
+    let mut password = String::new();
+    std::io::stdin().read_to_string(&mut password)?;
+    let password = password
+        .strip_suffix('\n')
+        .map(|p| p.strip_suffix('\r').unwrap_or(p))
+        .unwrap_or(&password)
+        .to_owned();
+    let services = startup::services(Settings::from_env()?).await?;
+    let account = NewAccount {
+        name,
+        email,
+        password,
+        role,
+    };
+    let user = services
+        .accounts
+        .create_account(account, &ClientInfo::local())
+        .await?;
+    println!(
+        "created {} {} ({})",
+        user.id,
+        user.email,
+        user.role.as_str()
+    );
+    Ok(())
+}
+
+/// `user set-role`.
+pub async fn set_role(email: &str, role: Role) -> anyhow::Result<()> {
+    let services = startup::services(Settings::from_env()?).await?;
+    let user = services
+        .accounts
+        .set_role(email, role, &ClientInfo::local())
+        .await?;
+    println!("{} is now {}", user.email, user.role.as_str());
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! The HTTP surface: the API, the routes beside it, and the middleware every request passes
+//! (request id, CORS, security headers, metrics and logs, timeout, body limit, error bodies).
+
+use std::{sync::Arc, time::Instant};
+
+use poem::{
+    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route,
+    error::ResponseError,
+    http::{HeaderMap, HeaderValue, Method, header},
+    middleware::CookieJarManager,
+};
+use poem_openapi::OperationId;
+use tracing::Instrument;
+
+use crate::{
+    api::{
+        self,
+        error::{self, ApiError, DependencyFailure, ErrorCode},
+    },
+    state::AppState,
+    telemetry::{metrics::Metrics, request_id},
+};
+
+/// Request bodies above this size get 413 before any parsing (API.md section 1).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The whole HTTP surface with its middleware.
+pub fn routes(state: AppState) -> impl Endpoint {
+    let api = api::service();
+    let ui = api.swagger_ui();
+    let spec_json = api.spec_endpoint();
+    let spec_yaml = api.spec_endpoint_yaml();
+    let frame = Arc::new(Frame {
+        cors: CorsPolicy::new(&state.settings.http.allowed_origins),
+        metrics: state.metrics.clone(),
+    });
+    let timeout = state.settings.http.request_timeout;
+    let beside = Route::new()
+        .nest("/docs", ui)
+        .at("/openapi.json", spec_json)
+        .at("/openapi.yaml", spec_yaml)
+        .at("/metrics", poem::get(metrics_endpoint));
+    Site {
+        api: api.into_endpoint(),
+        beside,
+    }
+    .with(CookieJarManager::new())
+    .around(move |next, req| limit(next, req, timeout))
+    .around(move |next, req| frame_request(next, req, frame.clone()))
+    .data(state)
+}
+
+/// The API, and the few routes beside it (Swagger UI, the spec, the metrics), told apart by
+/// their paths: nested in a `Route` of its own, every API request would be matched twice and
+/// its URI rebuilt on the way in.
+struct Site<A> {
+    api: A,
+    beside: Route,
+}
+
+/// The metrics label of a path served beside the API, `None` for the API's paths.
+fn beside_label(path: &str) -> Option<&'static str> {
+    match path {
+        "/metrics" => Some("metrics"),
+        "/openapi.json" | "/openapi.yaml" => Some("openapi"),
+        p if p == "/docs" || p.starts_with("/docs/") => Some("docs"),
+        _ => None,
+    }
+}
+
+impl<A: Endpoint> Endpoint for Site<A> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        if beside_label(req.uri().path()).is_some() {
+            // Boxed: the router's future would otherwise widen every API request's.
+            Box::pin(self.beside.call(req)).await
+        } else {
+            self.api.call(req).await.map(IntoResponse::into_response)
+        }
+    }
+}
+
+/// Any error of the layers below as the JSON error response it stands for, keeping the
+/// operation id poem-openapi attached to it, for the metrics.
+fn error_response(err: poem::Error) -> Response {
+    let operation = err.data::<OperationId>().copied();
+    let mut response = error::from_poem_error(err).as_response();
+    if let Some(operation) = operation {
+        response.set_data(operation);
+    }
+    response
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[poem::handler]
+fn metrics_endpoint(state: poem::web::Data<&AppState>) -> Response {
+    Response::builder()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+/// What the outermost middleware needs.
+struct Frame {
+    cors: CorsPolicy,
+    metrics: Arc<Metrics>,
+}
+
+/// The metrics label of a request: its OpenAPI operation id, a static route, or `unmatched`
+/// (never the raw path, which would let clients create unbounded label values).
+fn operation_label(response: &Response, path: &str) -> &'static str {
+    if let Some(OperationId(id)) = response.data::<OperationId>() {
+        return id;
+    }
+    beside_label(path).unwrap_or("unmatched")
+}
+
+/// The limits every request is held to: `REQUEST_TIMEOUT_SECS` for the whole request (503
+/// past it), and at most `MAX_BODY_BYTES` of body, read before anything parses it (413).
+/// One layer rather than one per limit: poem nests each layer's future in the one outside it,
+/// each with its own copy of the request.
+async fn limit<E: Endpoint>(
+    next: Arc<E>,
+    req: Request,
+    timeout: std::time::Duration,
+) -> poem::Result<Response> {
+    match tokio::time::timeout(timeout, limit_body(&*next, req)).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::new(
+            ErrorCode::ServiceUnavailable,
+            "the request took too long; retry shortly",
+        )
+        .into()),
+    }
+}
+
+/// CORS with an explicit allow-list. poem's `Cors` middleware answers an unlisted origin with
+/// an error and, with an empty list, allows every origin (with credentials); neither is what an
+/// auth service wants, so the policy is this small one: listed origins get the CORS headers
+/// (credentials included), any other origin gets none and its browser blocks the response.
+struct CorsPolicy {
+    origins: Vec<HeaderValue>,
+}
+
+impl CorsPolicy {
+    fn new(allowed: &[String]) -> Self {
+        Self {
+            origins: allowed
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+                .collect(),
+        }
+    }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        self.origins
+            .iter()
+            .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+    }
+}
+
+const CORS_ALLOW_METHODS: &str = "GET, POST, PATCH, DELETE";
+const CORS_ALLOW_HEADERS: &str = "Authorization, Content-Type";
+const CORS_EXPOSE_HEADERS: &str =
+    "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy";
+
+/// The outermost layer: a request id (from `X-Request-Id` or new, echoed back and on every log
+/// line of the request), CORS, security headers, metrics, and one log line per request
+/// (method, path, status, latency: never headers, bodies or query strings, which may carry
+/// credentials).
+async fn frame_request<E: Endpoint>(
+    next: Arc<E>,
+    req: Request,
+    frame: Arc<Frame>,
+) -> poem::Result<Response> {
+    let request_id = request_id::for_request(&req);
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or_default()
+    );
+    let mut response = cors_and_harden(next, req, &frame).instrument(span).await;
+    response
+        .headers_mut()
+        .insert(request_id::HEADER, request_id);
+    Ok(response)
+}
+
+async fn cors_and_harden<E: Endpoint>(next: Arc<E>, req: Request, frame: &Frame) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|o| frame.cors.allows(o))
+        .cloned();
+    let preflight = method == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        Response::builder()
+            .status(poem::http::StatusCode::NO_CONTENT)
+            .finish()
+    } else {
+        match next.call(req).await {
+            Ok(response) => response.into_response(),
+            Err(err) => error_response(err),
+        }
+    };
+    let headers = response.headers_mut();
+    cors_headers(headers, origin, preflight);
+    harden(headers, &path);
+    record(&frame.metrics, &response, &method, &path, started);
+    response
+}
+
+/// The CORS answer: only for a listed origin, with credentials.
+fn cors_headers(headers: &mut HeaderMap, origin: Option<HeaderValue>, preflight: bool) {
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    let Some(origin) = origin else {
+        return;
+    };
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    if preflight {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static(CORS_ALLOW_METHODS),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(CORS_ALLOW_HEADERS),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+    } else {
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+        );
+    }
+}
+
+/// The security headers of every response.
+fn harden(headers: &mut HeaderMap, path: &str) {
+    headers.insert(
+        "X-Content-Type-Options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("Referrer-Policy", HeaderValue::from_static("no-referrer"));
+    // The API serves JSON only: nothing may be loaded, run or framed. Swagger UI needs its
+    // scripts and styles, so /docs keeps the browser defaults.
+    if !path.starts_with("/docs") {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
+    // Responses of the API may carry tokens or personal data: no cache may keep them.
+    if path.starts_with("/api/") {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
+
+/// The request's metrics and its log line (method, path, status, latency: never headers,
+/// bodies or query strings, which may carry credentials).
+fn record(metrics: &Metrics, response: &Response, method: &Method, path: &str, started: Instant) {
+    let elapsed = started.elapsed();
+    let operation = operation_label(response, path);
+    let status = response.status();
+    metrics
+        .http_requests
+        .with_label_values(&[operation, method.as_str(), status.as_str()])
+        .inc();
+    metrics
+        .http_duration
+        .with_label_values(&[operation, method.as_str()])
+        .observe(elapsed.as_secs_f64());
+    if let Some(DependencyFailure(dependency)) = response.data::<DependencyFailure>() {
+        metrics
+            .dependency_errors
+            .with_label_values(&[dependency])
+            .inc();
+    }
+    tracing::info!(
+        %method,
+        path = %path,
+        operation,
+        status = status.as_u16(),
+        latency_us = elapsed.as_micros() as u64,
+        "request"
+    );
+}
+
+/// Reads at most `MAX_BODY_BYTES` of the body before `next` sees the request.
+async fn limit_body<E: Endpoint>(next: &E, mut req: Request) -> poem::Result<Response> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(error::payload_too_large().into());
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        // Boxed: the read's future is larger than the rest of the request's, and a GET
+        // (the guard's hot path) would otherwise carry its space.
+        let bytes = Box::pin(req.take_body().into_bytes_limit(MAX_BODY_BYTES))
+            .await
+            .map_err(|err| match err {
+                poem::error::ReadBodyError::PayloadTooLarge => error::payload_too_large(),
+                other => {
+                    ApiError::malformed(format!("the request body could not be read: {other}"))
+                }
+            })?;
+        req.set_body(bytes);
+    }
+    Ok(next.call(req).await?.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::beside_label;
+
+    #[test]
+    fn only_the_docs_the_spec_and_the_metrics_are_served_beside_the_api() {
+        for path in [
+            "/docs",
+            "/docs/",
+            "/docs/index.html",
+            "/openapi.json",
+            "/openapi.yaml",
+            "/metrics",
+        ] {
+            assert!(beside_label(path).is_some(), "{path}");
+        }
+        for path in [
+            "/",
+            "/docsx",
+            "/metrics/x",
+            "/openapi.jsonx",
+            "/api/v1/users/me",
+            "/health/live",
+            "/.well-known/jwks.json",
+        ] {
+            assert_eq!(beside_label(path), None, "{path}");
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Building the application from `Settings` and running it. Tests call the same
+//! `Application::build` with port 0; the command line builds the same [`Services`].
+
+mod http;
+mod tasks;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+
+pub use self::http::{MAX_BODY_BYTES, routes};
+use crate::{
+    accounts::{Accounts, Stores},
+    audit::Audit,
+    auth::{
+        keys::{KeyError, Keys},
+        password::PasswordService,
+        tokens::TokenService,
+    },
+    config::{ConfigError, Settings},
+    db::Database,
+    limits::{LimitStore, Limiter, memory::MemoryLimits, redis::RedisLimits},
+    session::{SessionStore, memory::MemoryStore, redis::RedisStore},
+    state::{AppState, Services},
+    store::{BackendError, redis::RedisClient},
+    telemetry::metrics::Metrics,
+};
+
+/// Why the service refused to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("configuration refused: {0}")]
+    Config(#[from] ConfigError),
+    #[error("keys refused: {0}")]
+    Keys(#[from] KeyError),
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("cannot reach Redis at REDIS_URL: {0}")]
+    Redis(#[from] BackendError),
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(#[from] anyhow::Error),
+}
+
+/// Validates settings, loads keys, connects and migrates the database and connects the
+/// session store and the limits: everything but the listener.
+pub async fn services(settings: Settings) -> Result<Services, StartupError> {
+    settings.validate()?;
+    let keys = {
+        let source = settings.keys.source.clone();
+        let generate = settings.keys.generate_missing;
+        // Generating development keys takes a moment: keep it off the async workers.
+        tokio::task::spawn_blocking(move || Keys::load(&source, generate))
+            .await
+            .map_err(anyhow::Error::from)??
+    };
+    let db = Database::connect(settings.database.url.expose(), settings.database.pool_size).await?;
+    db.migrate().await?;
+    let metrics = Arc::new(Metrics::new());
+    let (sessions, limit_store) = stores(&settings).await?;
+    let tokens = Arc::new(TokenService::new(keys, settings.tokens.clone()));
+    let stores = Stores {
+        db: db.clone(),
+        sessions,
+        limits: Limiter::new(limit_store, settings.limits.clone(), metrics.clone()),
+        passwords: PasswordService::new(&settings.passwords, metrics.clone())?,
+        tokens: tokens.clone(),
+        audit: Audit::new(db.clone(), metrics.clone()),
+        metrics: metrics.clone(),
+    };
+    Ok(Services {
+        accounts: Accounts::new(stores, settings.accounts.clone()),
+        tokens,
+        db,
+        settings: Arc::new(settings),
+        metrics,
+    })
+}
+
+/// The session store and the limit store: in Redis when `REDIS_URL` is set, else in process.
+async fn stores(
+    settings: &Settings,
+) -> Result<(Arc<dyn SessionStore>, Arc<dyn LimitStore>), StartupError> {
+    let Some(url) = &settings.redis.url else {
+        tracing::info!("REDIS_URL unset: sessions and rate limits stay in process");
+        return Ok((Arc::new(MemoryStore::new()), Arc::new(MemoryLimits::new())));
+    };
+    let redis = RedisClient::new(
+        url.expose(),
+        settings.redis.access,
+        settings.redis.pool_size,
+    )?;
+    redis.ping().await?;
+    let prefix = &settings.redis.key_prefix;
+    let sessions = RedisStore::new(redis.clone(), prefix);
+    Ok((
+        Arc::new(sessions),
+        Arc::new(RedisLimits::new(redis, prefix)),
+    ))
+}
+
+/// A built, bound, not yet running service.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    local_addr: SocketAddr,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds the [`services`] and binds the listener (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let services = services(settings).await?;
+        let http = &services.settings.http;
+        if services.settings.is_production() && http.allowed_origins.is_empty() {
+            tracing::warn!(
+                "ALLOWED_ORIGINS is empty: browsers can use cookies only for safe requests \
+                 (every cookie-authenticated POST/PATCH/DELETE, cookie refresh included, gets 403)"
+            );
+        }
+        let addr = if http.host.contains(':') && !http.host.starts_with('[') {
+            format!("[{}]:{}", http.host, http.port)
+        } else {
+            format!("{}:{}", http.host, http.port)
+        };
+        let bind_error = |source| StartupError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        let acceptor = TcpListener::bind(addr.clone())
+            .into_acceptor()
+            .await
+            .map_err(bind_error)?;
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .ok_or_else(|| StartupError::Other(anyhow::anyhow!("no local address for {addr}")))?;
+        Ok(Self {
+            acceptor,
+            local_addr,
+            state: AppState::new(services),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then finishes in-flight requests.
+    pub async fn run(self) -> std::io::Result<()> {
+        tracing::info!(addr = %self.local_addr, "latchkey listening");
+        self.run_until(tasks::shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests (at most 10 s).
+    /// Background tasks (the key directory's reload) run meanwhile.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let mut background = tasks::spawn(&self.state);
+        let result = poem::Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(
+                routes(self.state),
+                shutdown,
+                Some(std::time::Duration::from_secs(10)),
+            )
+            .await;
+        background.abort_all();
+        result
+    }
+}
