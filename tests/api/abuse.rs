@@ -454,24 +454,29 @@ async fn login_rehashes_a_password_made_with_old_argon2_parameters(app: TestApp)
     );
 }
 
-/// A limit hit on instance A is seen by instance B: the counters live in the shared Redis.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_limit_hit_on_one_instance_is_seen_by_the_other() {
-    let a = TestApp::spawn_with(Backend::PostgresRedis, |s| {
-        s.limits.login_per_ip = Rate::per_secs(2, 60)
-    })
-    .await;
-    let b = a.spawn_sibling().await;
-    assert_eq!(
-        login_from(&a, "x@example.com", None).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        login_from(&b, "y@example.com", None).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_limited(login_from(&a, "z@example.com", None).await, 2).await;
-    assert_limited(login_from(&b, "z@example.com", None).await, 2).await;
+mod a_limit_hit_on_one_instance_is_seen_by_the_other {
+    use super::*;
+
+    /// A limit hit on instance A is seen by instance B: the counters live in the shared Redis.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_redis() {
+        crate::require!(PostgresRedis);
+        let a = TestApp::spawn_with(Backend::PostgresRedis, |s| {
+            s.limits.login_per_ip = Rate::per_secs(2, 60)
+        })
+        .await;
+        let b = a.spawn_sibling().await;
+        assert_eq!(
+            login_from(&a, "x@example.com", None).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            login_from(&b, "y@example.com", None).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_limited(login_from(&a, "z@example.com", None).await, 2).await;
+        assert_limited(login_from(&b, "z@example.com", None).await, 2).await;
+    }
 }
 
 /// A request that takes longer than REQUEST_TIMEOUT_SECS is answered 503, never left hanging.

@@ -291,32 +291,36 @@ async fn development_generates_missing_keys_into_the_key_dir() {
     assert!(again.unwrap_err().to_string().contains("--force"));
 }
 
-#[tokio::test]
-async fn database_pool_size_bounds_the_connections_of_an_instance() {
-    use crate::helpers::{Backend, TestApp};
-    let sized =
-        TestApp::spawn_with(Backend::PostgresRedis, |s| s.database.pool_size = Some(3)).await;
-    let pool = sized.state.db.connection().get_postgres_connection_pool();
-    assert_eq!(pool.options().get_max_connections(), 3);
-    // The hot path's reads have a pool of their own, of the same size.
-    let latchkey::db::reads::Reads::Postgres(reads) = sized.state.db.reads() else {
-        panic!("PostgreSQL reads go through their own pool");
-    };
-    assert_eq!(reads.max_size(), 3);
-    let default = TestApp::spawn(Backend::PostgresRedis).await;
-    let pool = default.state.db.connection().get_postgres_connection_pool();
-    assert_eq!(
-        pool.options().get_max_connections(),
-        latchkey::db::default_postgres_pool_size()
-    );
-    assert!(latchkey::db::default_postgres_pool_size() >= 4);
-    // A pool of 3 serves many more concurrent requests than it has connections.
-    let user = sized.signed_in_user().await;
-    let token = user.tokens().access.clone();
-    let answers = futures_util::future::join_all((0..24).map(|_| sized.me(&token))).await;
-    assert!(
-        answers
-            .iter()
-            .all(|r| r.status() == reqwest::StatusCode::OK)
-    );
+mod database_pool_size_bounds_the_connections_of_an_instance {
+
+    #[tokio::test]
+    async fn postgres_redis() {
+        crate::require!(PostgresRedis);
+        use crate::helpers::{Backend, TestApp};
+        let sized =
+            TestApp::spawn_with(Backend::PostgresRedis, |s| s.database.pool_size = Some(3)).await;
+        let pool = sized.state.db.connection().get_postgres_connection_pool();
+        assert_eq!(pool.options().get_max_connections(), 3);
+        // The hot path's reads have a pool of their own, of the same size.
+        let latchkey::db::reads::Reads::Postgres(reads) = sized.state.db.reads() else {
+            panic!("PostgreSQL reads go through their own pool");
+        };
+        assert_eq!(reads.max_size(), 3);
+        let default = TestApp::spawn(Backend::PostgresRedis).await;
+        let pool = default.state.db.connection().get_postgres_connection_pool();
+        assert_eq!(
+            pool.options().get_max_connections(),
+            latchkey::db::default_postgres_pool_size()
+        );
+        assert!(latchkey::db::default_postgres_pool_size() >= 4);
+        // A pool of 3 serves many more concurrent requests than it has connections.
+        let user = sized.signed_in_user().await;
+        let token = user.tokens().access.clone();
+        let answers = futures_util::future::join_all((0..24).map(|_| sized.me(&token))).await;
+        assert!(
+            answers
+                .iter()
+                .all(|r| r.status() == reqwest::StatusCode::OK)
+        );
+    }
 }

@@ -233,6 +233,7 @@ impl Drop for OwnRedis {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_names_the_session_store_when_redis_is_down() {
+    crate::require!(RedisServerBinary);
     let mut redis = OwnRedis::start();
     let url = redis.url.clone();
     let app = TestApp::spawn_with(Backend::Embedded, |s| s.redis.url = Some(url.into())).await;
@@ -278,6 +279,7 @@ async fn readiness_names_the_session_store_when_redis_is_down() {
 /// restart, whichever way it reaches Redis: the shared multiplexed connection reconnects, the
 /// pool replaces its dead connections.
 async fn service_recovers_when_redis_comes_back(access: latchkey::store::redis::RedisAccess) {
+    crate::require!(RedisServerBinary);
     let mut redis = OwnRedis::start();
     let url = redis.url.clone();
     let app = TestApp::spawn_with(Backend::Embedded, |s| {

@@ -183,6 +183,97 @@ pub fn assert_no_secrets_logged_since(from: usize) {
     }
 }
 
+/// A group of tests that needs real services beside the embedded default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// PostgreSQL and Redis: the `postgres_redis` variants and the multi-instance tests.
+    PostgresRedis,
+    /// Redis alone: the `redis_*` variants of the store contract suites.
+    Redis,
+    /// A `redis-server` binary the test starts itself (an outage it controls).
+    RedisServerBinary,
+}
+
+impl Group {
+    fn name(self) -> &'static str {
+        match self {
+            Group::PostgresRedis => "postgres_redis (PostgreSQL + Redis)",
+            Group::Redis => "redis_* store contract",
+            Group::RedisServerBinary => "own redis-server (Redis outage)",
+        }
+    }
+}
+
+/// Whether the tests of `group` can run here. Without their services they are skipped, with
+/// one line per group on the terminal (written past the test harness's output capture);
+/// with `LATCHKEY_TEST_REQUIRE_SERVICES=1` (CI) a missing service fails the test instead.
+pub fn available(group: Group) -> bool {
+    let missing = match group {
+        Group::PostgresRedis => [
+            reachable(&postgres_admin_url(), 5432),
+            reachable(&redis_url(), 6379),
+        ]
+        .into_iter()
+        .flatten()
+        .next(),
+        Group::Redis => reachable(&redis_url(), 6379),
+        Group::RedisServerBinary => std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+            .then(|| "no redis-server binary on PATH".to_owned()),
+    };
+    let Some(missing) = missing else {
+        return true;
+    };
+    if std::env::var("LATCHKEY_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+        panic!(
+            "{missing}: LATCHKEY_TEST_REQUIRE_SERVICES=1 makes the {} tests mandatory",
+            group.name()
+        );
+    }
+    static NOTED: Mutex<Vec<Group>> = Mutex::new(Vec::new());
+    let mut noted = NOTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !noted.contains(&group) {
+        noted.push(group);
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: skipping the {} tests: {missing}. To run them, install PostgreSQL and Redis \
+             (README, Tests), point LATCHKEY_TEST_DATABASE_URL / LATCHKEY_TEST_REDIS_URL at \
+             yours, or run `bash .ci/run`",
+            group.name()
+        );
+    }
+    false
+}
+
+/// `None` when a TCP connection to the URL's host and port opens within a second, else why not.
+fn reachable(url: &str, default_port: u16) -> Option<String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str().unwrap_or("127.0.0.1").to_owned();
+    let port = parsed.port().unwrap_or(default_port);
+    let addrs = (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .into_iter()
+        .flatten();
+    let open = addrs
+        .into_iter()
+        .any(|addr| TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).is_ok());
+    (!open).then(|| format!("nothing answers at {host}:{port}"))
+}
+
+/// Returns from the test when its group's services are missing (see [`available`]).
+#[macro_export]
+macro_rules! require {
+    ($group:ident) => {
+        if !$crate::helpers::available($crate::helpers::Group::$group) {
+            return;
+        }
+    };
+}
+
 fn postgres_admin_url() -> String {
     std::env::var("LATCHKEY_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
@@ -693,6 +784,7 @@ macro_rules! backend_tests {
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres_redis() {
+                    $crate::require!(PostgresRedis);
                     super::$name($crate::helpers::TestApp::spawn_with($crate::helpers::Backend::PostgresRedis, $configure).await).await;
                 }
             }
@@ -708,6 +800,7 @@ macro_rules! backend_tests {
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres_redis() {
+                    $crate::require!(PostgresRedis);
                     super::$name($crate::helpers::TestApp::spawn($crate::helpers::Backend::PostgresRedis).await).await;
                 }
             }

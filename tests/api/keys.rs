@@ -94,6 +94,7 @@ macro_rules! key_dir_tests {
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres_redis() {
+                    $crate::require!(PostgresRedis);
                     super::$name($crate::helpers::Backend::PostgresRedis).await;
                 }
             }

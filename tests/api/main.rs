@@ -13,6 +13,7 @@ mod database;
 mod health_and_docs;
 mod keys;
 mod lifecycle;
+mod limit_store;
 mod malformed;
 mod observability;
 mod secrets;

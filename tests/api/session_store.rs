@@ -32,11 +32,13 @@ macro_rules! store_contract {
 
                 #[tokio::test]
                 async fn redis_multiplexed() {
+                    $crate::require!(Redis);
                     super::$name(super::redis_store(latchkey::store::redis::RedisAccess::Multiplexed)).await;
                 }
 
                 #[tokio::test]
                 async fn redis_pooled() {
+                    $crate::require!(Redis);
                     super::$name(super::redis_store(latchkey::store::redis::RedisAccess::Pooled)).await;
                 }
             }
