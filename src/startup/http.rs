@@ -106,6 +106,24 @@ struct Frame {
     metrics: Arc<Metrics>,
 }
 
+/// The metrics label of a method: one of the standard methods, or `other`. Any token is a
+/// valid method, so the raw one would let clients create new series without end.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The longest path a log line carries; the rest is cut.
+const LOGGED_PATH_CHARS: usize = 256;
+
 /// The metrics label of a request: its OpenAPI operation id, a static route, or `unmatched`
 /// (never the raw path, which would let clients create unbounded label values).
 fn operation_label(response: &Response, path: &str) -> &'static str {
@@ -273,14 +291,15 @@ fn harden(headers: &mut HeaderMap, path: &str) {
 fn record(metrics: &Metrics, response: &Response, method: &Method, path: &str, started: Instant) {
     let elapsed = started.elapsed();
     let operation = operation_label(response, path);
+    let method = method_label(method);
     let status = response.status();
     metrics
         .http_requests
-        .with_label_values(&[operation, method.as_str(), status.as_str()])
+        .with_label_values(&[operation, method, status.as_str()])
         .inc();
     metrics
         .http_duration
-        .with_label_values(&[operation, method.as_str()])
+        .with_label_values(&[operation, method])
         .observe(elapsed.as_secs_f64());
     if let Some(DependencyFailure(dependency)) = response.data::<DependencyFailure>() {
         metrics
@@ -288,8 +307,12 @@ fn record(metrics: &Metrics, response: &Response, method: &Method, path: &str, s
             .with_label_values(&[dependency])
             .inc();
     }
+    let path = path
+        .char_indices()
+        .nth(LOGGED_PATH_CHARS)
+        .map_or(path, |(end, _)| &path[..end]);
     tracing::info!(
-        %method,
+        method,
         path = %path,
         operation,
         status = status.as_u16(),
