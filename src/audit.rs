@@ -98,6 +98,14 @@ impl Event {
     }
 }
 
+/// How long the trail keeps events (`AUDIT_RETENTION_DAYS`): failed logins carry the
+/// addresses people typed, which should not be kept forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// `None`: keep every event.
+    pub retention: Option<std::time::Duration>,
+}
+
 /// Records events.
 #[derive(Clone)]
 pub struct Audit {
@@ -108,6 +116,15 @@ pub struct Audit {
 impl Audit {
     pub fn new(db: Database, metrics: Arc<Metrics>) -> Self {
         Self { db, metrics }
+    }
+
+    /// Deletes the events older than `retention`; how many.
+    pub async fn purge(&self, retention: std::time::Duration) -> Result<u64, sea_orm::DbErr> {
+        let age = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff = Utc::now()
+            .checked_sub_signed(age)
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        self.db.audit().delete_before(cutoff).await
     }
 
     /// Stores `event` with the client's IP and user agent.

@@ -18,10 +18,43 @@ impl ClientInfo {
         Self::default()
     }
 
-    /// The key per-IP limits count by.
+    /// The key per-IP limits count by: the IPv4 address, or the IPv6 /64 network, since one
+    /// IPv6 client commonly holds a whole /64 and could otherwise pick a new address per
+    /// request.
     pub fn ip_key(&self) -> String {
-        self.ip
-            .map(|ip| ip.to_string())
-            .unwrap_or_else(|| "unknown".into())
+        match self.ip {
+            Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            Some(IpAddr::V6(v6)) => v6
+                .to_ipv4_mapped()
+                .map_or_else(String::new, |v4| v4.to_string()),
+            Some(IpAddr::V4(v4)) => v4.to_string(),
+            None => "unknown".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ip: &str) -> String {
+        ClientInfo {
+            ip: Some(ip.parse().unwrap()),
+            user_agent: None,
+        }
+        .ip_key()
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_ipv4_by_address() {
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff::9"));
+        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("203.0.113.7"), "203.0.113.7");
+        assert_ne!(key("203.0.113.7"), key("203.0.113.8"));
+        assert_eq!(key("::ffff:203.0.113.7"), "203.0.113.7");
     }
 }

@@ -161,11 +161,14 @@ impl Accounts {
                 return Err(anyhow::anyhow!("update reported a delete").into());
             }
         };
-        if user.disabled {
-            // The guard already refuses a disabled user's tokens; revoking ends the sessions
-            // so they do not come back if the account is enabled again. If the store fails
-            // here the client gets 503 and repeats the (idempotent) request; a login racing
-            // with the change re-reads the user after creating its session.
+        let role_changed = before.as_ref().is_some_and(|b| b.role != user.role);
+        if user.disabled || role_changed {
+            // The guard already refuses a disabled user's tokens, and reads the role from the
+            // row; revoking ends the sessions so they do not come back if the account is
+            // enabled again, and so no live token carries a `role` claim that is no longer
+            // true (other services may trust the claim). If the store fails here the client
+            // gets 503 and repeats the (idempotent) request; a login racing with the change
+            // re-reads the user after creating its session.
             self.sessions.revoke_all(user.id, None).await?;
         }
         tracing::info!(
@@ -264,6 +267,10 @@ impl Accounts {
             .set_role(&email, role)
             .await?
             .ok_or(AccountError::NoSuchUser)?;
+        if before.role != user.role {
+            // As for an admin's change: no live token keeps the old role claim.
+            self.sessions.revoke_all(user.id, None).await?;
+        }
         self.audit_changes(&before, &user, json!("cli"), client)
             .await;
         Ok(user)

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{
     AccountError, Accounts,
-    validate::{Validator, has_control_chars, normalize_email},
+    validate::{Validator, bounded_email, could_be_an_account, normalize_email},
 };
 use crate::{
     audit::{Event, EventType},
@@ -71,15 +71,15 @@ impl Accounts {
         password: String,
         client: &ClientInfo,
     ) -> Result<user::Model, AccountError> {
-        // An address no account can have (control characters would also break PostgreSQL
-        // text) is simply unknown: same answer, same cost.
-        let user = if has_control_chars(email) {
-            None
-        } else {
+        // An address no account can have (too long, or with control characters) is simply
+        // unknown, without a lookup: same answer, same cost.
+        let user = if could_be_an_account(email) {
             self.db.users().find_by_email(email).await?
+        } else {
+            None
         };
         // An unknown email is checked against a dummy hash so both failures cost the same.
-        let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
+        let stored_hash = user.as_ref().map(|u| u.password_hash.expose().to_owned());
         let valid = self.passwords.verify(password.into(), stored_hash).await?;
         match user {
             Some(user) if valid => Ok(user),
@@ -91,7 +91,7 @@ impl Accounts {
                 } else {
                     "unknown_email"
                 };
-                let detail = json!({"email": email, "reason": reason});
+                let detail = json!({"email": bounded_email(email), "reason": reason});
                 let event =
                     Event::new(EventType::LoginFailed, other.map(|u| u.id), None).detail(detail);
                 self.audit.record(client, event).await;
@@ -102,18 +102,28 @@ impl Accounts {
     }
 
     /// The configured argon2 cost changed since this hash was made: upgrade it now that the
-    /// password is at hand.
+    /// password is at hand, unless the password changed since it was checked (then this login
+    /// fails: it proved the old password).
     async fn rehash_if_needed(
         &self,
         user: user::Model,
         password: String,
     ) -> Result<user::Model, AccountError> {
-        if !self.passwords.needs_rehash(&user.password_hash) {
+        if !self.passwords.needs_rehash(user.password_hash.expose()) {
             return Ok(user);
         }
         let hash = self.passwords.hash(SecretString::from(password)).await?;
-        tracing::info!(user_id = %user.id, "password rehashed with the current parameters");
-        Ok(self.db.users().update_password_hash(user, hash).await?)
+        let id = user.id;
+        match self.db.users().replace_password_hash(user, hash).await? {
+            Some(user) => {
+                tracing::info!(user_id = %id, "password rehashed with the current parameters");
+                Ok(user)
+            }
+            None => {
+                tracing::info!(user_id = %id, "the password changed during the login's rehash");
+                Err(AccountError::InvalidCredentials)
+            }
+        }
     }
 
     /// A new session for `user`, with its first pair.

@@ -78,6 +78,11 @@ impl Accounts {
         }
     }
 
+    /// Deletes the audit events older than `retention`; how many.
+    pub async fn purge_audit(&self, retention: Duration) -> Result<u64, AccountError> {
+        Ok(self.audit.purge(retention).await?)
+    }
+
     /// Which of the service's dependencies are down: `database`, `session_store`.
     pub async fn dependencies_down(&self) -> Vec<&'static str> {
         let (db, store) = tokio::join!(self.db.ping(), self.sessions.ping());

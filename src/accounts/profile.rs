@@ -98,17 +98,25 @@ impl Accounts {
     }
 
     /// Checks the caller's password; a wrong one is a field error, so a client does not
-    /// mistake it for an expired token.
+    /// mistake it for an expired token. Limited per user and counted in the account's login
+    /// backoff, like a login: a stolen session must not become a password-guessing oracle,
+    /// nor keep every hashing slot busy.
     async fn confirm_password(
         &self,
         user: &user::Model,
         field: &str,
         password: String,
     ) -> Result<(), AccountError> {
-        let stored = Some(user.password_hash.clone());
+        let attempt = self
+            .limits
+            .check_password_check(&user.id.to_string(), &user.email)
+            .await?;
+        let stored = Some(user.password_hash.expose().to_owned());
         if self.passwords.verify(password.into(), stored).await? {
+            self.limits.login_succeeded(attempt).await?;
             return Ok(());
         }
+        self.limits.login_failed(&user.email).await?;
         let mut v = Validator::new();
         v.fail(field, "is incorrect");
         v.finish(None::<()>)

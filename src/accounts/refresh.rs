@@ -5,7 +5,7 @@
 use super::{AccountError, Accounts, SignedIn};
 use crate::{
     audit::{Event, EventType},
-    auth::tokens::PairClaims,
+    auth::tokens::{PairClaims, PairIds},
     client::ClientInfo,
     limits::Rule,
     session::{RotateOutcome, Rotation},
@@ -61,11 +61,13 @@ impl Accounts {
             .tokens
             .issue_pair(user.id, user.role.as_str(), claims.sid)
             .await?;
-        let grace_payload = serde_json::to_string(&PairClaims {
+        // The grace window keeps only the new pair's ids: a duplicate gets its claims rebuilt
+        // from its own verified token and the user's row, never read back from the store.
+        let grace_payload = PairIds::of(&PairClaims {
             access: pair.access.clone(),
             refresh: pair.refresh.clone(),
         })
-        .map_err(anyhow::Error::from)?;
+        .encode();
         // One atomic step in the store: only the session's current refresh token rotates.
         let grace_secs = i64::try_from(self.policy.refresh_grace.as_secs()).unwrap_or(0);
         let outcome = self
@@ -88,8 +90,12 @@ impl Accounts {
             RotateOutcome::Grace(payload) => {
                 // A concurrent duplicate (two tabs): answer with the pair the winner got; the
                 // pair signed above was never stored, so it never works.
-                let claims: PairClaims =
-                    serde_json::from_str(&payload).map_err(anyhow::Error::from)?;
+                let Some(ids) = PairIds::decode(&payload) else {
+                    tracing::error!(session_id = %claims.sid, "unreadable grace record in the store");
+                    return Err(AccountError::InvalidToken);
+                };
+                let role = user.role.as_str();
+                let claims = self.tokens.pair_claims(user.id, role, claims.sid, ids);
                 let pair = self.tokens.sign_pair(claims).await?;
                 Ok((SignedIn { pair, user }, RefreshKind::Grace))
             }

@@ -144,6 +144,21 @@ pub fn has_control_chars(text: &str) -> bool {
     text.chars().any(char::is_control)
 }
 
+/// An address as the audit trail keeps it: at most `EMAIL_MAX_CHARS` characters of what the
+/// client typed, so a failed login cannot write megabytes into the trail.
+pub fn bounded_email(email: &str) -> &str {
+    email
+        .char_indices()
+        .nth(EMAIL_MAX_CHARS)
+        .map_or(email, |(end, _)| &email[..end])
+}
+
+/// Whether an address can belong to an account at all: no account has a longer one, or one
+/// with control characters (which PostgreSQL text would also refuse).
+pub fn could_be_an_account(email: &str) -> bool {
+    email.chars().count() <= EMAIL_MAX_CHARS && !has_control_chars(email)
+}
+
 /// Emails are trimmed and lower-cased before they are validated, stored or looked up.
 pub fn normalize_email(raw: &str) -> String {
     raw.trim().to_lowercase()

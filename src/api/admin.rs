@@ -16,7 +16,10 @@ use super::{
 };
 use crate::{
     accounts::{AdminUpdate, Page, PageQuery},
-    db::entities::{audit_event, user},
+    db::{
+        audit::COUNT_CAP,
+        entities::{audit_event, user},
+    },
     state::AppState,
 };
 
@@ -143,7 +146,10 @@ pub struct AuditPage {
     pub events: Vec<AuditEventResponse>,
     pub page: i64,
     pub per_page: i64,
+    /// How many events match, counted up to 10,000.
     pub total: u64,
+    /// Whether more than `total` events match (counting stops at 10,000).
+    pub total_capped: bool,
 }
 
 #[derive(ApiResponse)]
@@ -170,7 +176,8 @@ impl AuditPage {
             events: page.items.into_iter().map(Into::into).collect(),
             page: page.page,
             per_page: page.per_page,
-            total: page.total,
+            total: page.total.min(COUNT_CAP),
+            total_capped: page.total > COUNT_CAP,
         }
     }
 }
@@ -218,8 +225,10 @@ impl AdminApi {
         Ok(admin_user(state.accounts.get_user(id.0).await?))
     }
 
-    /// Change a user's role or disable/enable it. Disabling revokes all its sessions at once.
-    /// Demoting or disabling the last active admin is 409 `last_admin`.
+    /// Change a user's role or disable/enable it. Disabling, and any change of role, revokes all
+    /// its sessions at once, so no live token carries a role that is no longer true (the new
+    /// role comes with the next login). Demoting or disabling the last active admin is 409
+    /// `last_admin`.
     #[oai(
         path = "/users/:id",
         method = "patch",

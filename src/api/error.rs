@@ -476,19 +476,12 @@ fn describe(status: u16, codes: &[ErrorCode]) -> &'static str {
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(err: sea_orm::DbErr) -> Self {
-        match err {
-            sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_) => {
-                Self::unavailable("database", err)
-            }
-            // SQLite's single writer was busy (concurrent writes in the embedded default):
-            // a retry will do.
-            other if other.to_string().contains("database is locked") => {
-                Self::unavailable("database", other)
-            }
-            other => Self {
-                dependency: Some("database"),
-                ..Self::internal(other)
-            },
+        if crate::db::is_unavailable(&err) {
+            return Self::unavailable("database", err);
+        }
+        Self {
+            dependency: Some("database"),
+            ..Self::internal(err)
         }
     }
 }

@@ -25,11 +25,11 @@ error_set!(
 );
 error_set!(
     /// What a password change can answer.
-    PasswordErrors: [BODY, GUARD, SERVER], CsrfRejected, Busy
+    PasswordErrors: [BODY, GUARD, SERVER], CsrfRejected, RateLimited, Busy
 );
 error_set!(
     /// What deleting one's account can answer.
-    DeleteMeErrors: [BODY, GUARD, SERVER], CsrfRejected, LastAdmin, Busy
+    DeleteMeErrors: [BODY, GUARD, SERVER], CsrfRejected, LastAdmin, RateLimited, Busy
 );
 
 // Also `Serialize`, for `JsonBody`: the serde form is the poem-openapi form (a test checks).
@@ -142,7 +142,9 @@ impl UsersApi {
     }
 
     /// Change the signed-in user's password. Every other session is revoked; this one stays.
-    /// A wrong `current_password` is 422 `validation_failed`.
+    /// A wrong `current_password` is 422 `validation_failed`. Password checks are limited per
+    /// user (`RATE_LIMIT_PASSWORD_CHECK_PER_USER`) and wrong ones count toward the account's
+    /// login backoff: 429 `rate_limited` with `Retry-After`.
     #[oai(
         path = "/me/password",
         method = "post",
@@ -167,7 +169,7 @@ impl UsersApi {
 
     /// Delete the signed-in user's account, confirmed with its password. Every session is
     /// revoked and this client's cookies cleared. The last active admin cannot delete itself:
-    /// 409 `last_admin`.
+    /// 409 `last_admin`. The password check is limited as for a password change (429).
     #[oai(path = "/me", method = "delete", operation_id = "delete_me")]
     async fn delete_me(
         &self,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    keys::{KeyKind, KeySource, Keys, SigningKey},
+    keys::{KeyKind, KeySource, Keys, LoadRules, SigningKey},
     rs256,
 };
 
@@ -71,6 +71,40 @@ pub enum TokenError {
 pub struct PairClaims {
     pub access: AccessClaims,
     pub refresh: RefreshClaims,
+}
+
+/// What identifies a pair apart from its user and session: its token ids and issue time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairIds {
+    pub access_jti: Uuid,
+    pub refresh_jti: Uuid,
+    pub iat: i64,
+}
+
+impl PairIds {
+    /// The ids of a pair's claims.
+    pub fn of(claims: &PairClaims) -> Self {
+        Self {
+            access_jti: claims.access.jti,
+            refresh_jti: claims.refresh.jti,
+            iat: claims.access.iat,
+        }
+    }
+
+    /// The form a session store keeps: `access_jti.refresh_jti.iat`.
+    pub fn encode(&self) -> String {
+        format!("{}.{}.{}", self.access_jti, self.refresh_jti, self.iat)
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split('.');
+        let ids = Self {
+            access_jti: Uuid::parse_str(parts.next()?).ok()?,
+            refresh_jti: Uuid::parse_str(parts.next()?).ok()?,
+            iat: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(ids)
+    }
 }
 
 /// An access and a refresh token minted together for one session.
@@ -157,10 +191,11 @@ impl TokenService {
     /// broken file, a bad manifest, a production refusal) is logged and the current set stays:
     /// a bad edit of the key directory must not take the service down. Returns whether the set
     /// changed.
-    pub async fn reload(&self, source: &KeySource) -> bool {
+    pub async fn reload(&self, source: &KeySource, rules: LoadRules) -> bool {
         let source = source.clone();
         // Never generates keys: that happens only at first start.
-        let loaded = tokio::task::spawn_blocking(move || Keys::load(&source, false)).await;
+        let rules = rules.reading_only();
+        let loaded = tokio::task::spawn_blocking(move || Keys::load(&source, rules)).await;
         match loaded {
             Ok(Ok(keys)) => {
                 if keys.same_as(&self.keys()) {
@@ -197,14 +232,25 @@ impl TokenService {
 
     /// Claims for a fresh pair of session `sid`: new `jti`s, `iat` = now.
     pub fn new_pair_claims(&self, user_id: Uuid, role: &str, sid: Uuid) -> PairClaims {
-        let now = chrono::Utc::now().timestamp();
+        let ids = PairIds {
+            access_jti: Uuid::new_v4(),
+            refresh_jti: Uuid::new_v4(),
+            iat: chrono::Utc::now().timestamp(),
+        };
+        self.pair_claims(user_id, role, sid, ids)
+    }
+
+    /// The claims of the pair with these ids and issue time: signing them again gives the very
+    /// tokens first issued with them (RS256 is deterministic).
+    pub fn pair_claims(&self, user_id: Uuid, role: &str, sid: Uuid, ids: PairIds) -> PairClaims {
+        let now = ids.iat;
         PairClaims {
             access: AccessClaims {
                 iss: self.settings.issuer.clone(),
                 aud: self.settings.audience.clone(),
                 sub: user_id,
                 sid,
-                jti: Uuid::new_v4(),
+                jti: ids.access_jti,
                 iat: now,
                 nbf: now,
                 exp: now + self.settings.access_ttl_secs(),
@@ -216,7 +262,7 @@ impl TokenService {
                 aud: self.settings.audience.clone(),
                 sub: user_id,
                 sid,
-                jti: Uuid::new_v4(),
+                jti: ids.refresh_jti,
                 iat: now,
                 nbf: now,
                 exp: now + self.settings.refresh_ttl_secs(),

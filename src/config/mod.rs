@@ -18,7 +18,12 @@ use secrecy::{ExposeSecret, SecretString};
 pub use self::rules::{MAX_ACCESS_TTL, MAX_KEYS_RELOAD, MAX_REFRESH_GRACE, MAX_REFRESH_TTL};
 use crate::{
     accounts::AccountPolicy,
-    auth::{keys::KeySource, password::PasswordSettings, tokens::TokenSettings},
+    audit::AuditSettings,
+    auth::{
+        keys::{KeySource, LoadRules},
+        password::PasswordSettings,
+        tokens::TokenSettings,
+    },
     limits::LimitSettings,
     store::redis::RedisAccess,
     telemetry::LogFormat,
@@ -99,10 +104,22 @@ pub struct KeySettings {
     pub source: KeySource,
     /// Development only: create missing key files on start.
     pub generate_missing: bool,
+    /// Production: refuse private key files their group or others may read.
+    pub owner_only: bool,
     /// How often a running instance re-reads its key directory (`KEYS_RELOAD_SECS`).
     pub reload_every: Duration,
     /// `Cache-Control: max-age` of the JWKS (`JWKS_MAX_AGE`).
     pub jwks_max_age: Duration,
+}
+
+impl KeySettings {
+    /// How the keys are loaded under these settings.
+    pub fn load_rules(&self) -> LoadRules {
+        LoadRules {
+            generate_missing: self.generate_missing,
+            owner_only: self.owner_only,
+        }
+    }
 }
 
 /// Browser cookies.
@@ -126,6 +143,7 @@ pub struct Settings {
     pub cookies: CookieSettings,
     pub passwords: PasswordSettings,
     pub limits: LimitSettings,
+    pub audit: AuditSettings,
     pub log_format: LogFormat,
 }
 

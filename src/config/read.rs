@@ -1,7 +1,7 @@
 //! Settings out of variables, one reader per concern. Rules that compare settings with each
 //! other are [`super::rules`]'.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use super::{
     ConfigError, CookieSettings, DEFAULT_DATABASE_URL, DatabaseSettings, Environment, HttpSettings,
@@ -9,6 +9,7 @@ use super::{
 };
 use crate::{
     accounts::AccountPolicy,
+    audit::AuditSettings,
     auth::{
         keys::{InlineKeys, KeyPaths, KeySource},
         password::{Argon2Settings, PasswordSettings},
@@ -45,6 +46,13 @@ pub(super) fn settings(vars: &Vars<'_>) -> Result<Settings, ConfigError> {
         },
         passwords: passwords(vars)?,
         limits: limits(vars)?,
+        audit: AuditSettings {
+            // 0 keeps every event.
+            retention: match vars.number("AUDIT_RETENTION_DAYS", 90u64)? {
+                0 => None,
+                days => Some(Duration::from_secs(days.saturating_mul(24 * 3600))),
+            },
+        },
         log_format: match vars.get("LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -126,6 +134,7 @@ fn keys(vars: &Vars<'_>, production: bool) -> Result<KeySettings, ConfigError> {
     Ok(KeySettings {
         source: key_source(vars)?,
         generate_missing: !production,
+        owner_only: production,
         reload_every: vars.secs("KEYS_RELOAD_SECS", 30)?,
         jwks_max_age: vars.secs_or_zero("JWKS_MAX_AGE", 300)?,
     })
@@ -167,6 +176,10 @@ fn limits(vars: &Vars<'_>) -> Result<LimitSettings, ConfigError> {
         login_per_account: vars.rate("RATE_LIMIT_LOGIN_PER_ACCOUNT", default.login_per_account)?,
         register_per_ip: vars.rate("RATE_LIMIT_REGISTER_PER_IP", default.register_per_ip)?,
         refresh_per_ip: vars.rate("RATE_LIMIT_REFRESH_PER_IP", default.refresh_per_ip)?,
+        password_check_per_user: vars.rate(
+            "RATE_LIMIT_PASSWORD_CHECK_PER_USER",
+            default.password_check_per_user,
+        )?,
         backoff: BackoffPolicy {
             free_failures: vars.number("LOGIN_BACKOFF_FREE_FAILURES", backoff.free_failures)?,
             base: vars.secs("LOGIN_BACKOFF_BASE_SECS", backoff.base.as_secs())?,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{ConfigError, Settings};
+use crate::auth::password::Argon2Settings;
 
 /// Upper bounds on token lifetimes: beyond them a token is effectively permanent.
 pub const MAX_ACCESS_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -12,6 +13,8 @@ pub const MAX_REFRESH_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 pub const MAX_KEYS_RELOAD: Duration = Duration::from_secs(60);
 /// Upper bound on the refresh grace window.
 pub const MAX_REFRESH_GRACE: Duration = Duration::from_secs(60);
+/// Upper bound on the clock-skew leeway: more would keep expired tokens alive.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
 pub(super) fn validate(settings: &Settings) -> Result<(), ConfigError> {
     lifetimes(settings)?;
@@ -62,6 +65,18 @@ fn lifetimes(settings: &Settings) -> Result<(), ConfigError> {
             format!(
                 "is too long: at most {} seconds (one year)",
                 MAX_REFRESH_TTL.as_secs()
+            ),
+        ));
+    }
+    let leeway = settings.tokens.leeway;
+    if leeway > MAX_LEEWAY {
+        return Err(ConfigError::refused(
+            "JWT_LEEWAY",
+            leeway.as_secs(),
+            format!(
+                "is too long: at most {} seconds (default 30); a large leeway keeps expired \
+                 tokens valid",
+                MAX_LEEWAY.as_secs()
             ),
         ));
     }
@@ -187,6 +202,34 @@ fn hashing(settings: &Settings) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Production hashes at least at OWASP's minimum for argon2id (the defaults): cheaper
+/// parameters make stolen hashes cheap to crack.
+fn argon2_floor(settings: &Settings) -> Result<(), ConfigError> {
+    let (given, floor) = (settings.passwords.argon2, Argon2Settings::default());
+    let refuse = |var, value: u32, min: u32| {
+        ConfigError::refused(
+            var,
+            value,
+            format!("is below the production minimum of {min}: use at least 19456 / 2 / 1"),
+        )
+    };
+    if given.memory_kib < floor.memory_kib {
+        return Err(refuse(
+            "ARGON2_MEMORY_KIB",
+            given.memory_kib,
+            floor.memory_kib,
+        ));
+    }
+    if given.iterations < floor.iterations {
+        return Err(refuse(
+            "ARGON2_ITERATIONS",
+            given.iterations,
+            floor.iterations,
+        ));
+    }
+    Ok(())
+}
+
 fn production(settings: &Settings) -> Result<(), ConfigError> {
     if settings.redis.url.is_none() {
         return Err(ConfigError::Missing {
@@ -212,6 +255,7 @@ fn production(settings: &Settings) -> Result<(), ConfigError> {
              COOKIE_SECURE or set it to true, and serve Latchkey behind TLS",
         ));
     }
+    argon2_floor(settings)?;
     if settings.keys.generate_missing {
         return Err(ConfigError::Missing {
             var: "ACCESS_TOKEN_PRIVATE_KEY_PATH",

@@ -1,5 +1,6 @@
 //! The audit trail's repository.
 
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect, Set,
@@ -7,6 +8,9 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entities::audit_event;
+
+/// Matches counted at most; past it a listing reports `COUNT_CAP + 1`.
+pub const COUNT_CAP: u64 = 10_000;
 
 /// Which events to list.
 #[derive(Debug, Default, Clone)]
@@ -40,7 +44,17 @@ impl<'a> AuditEvents<'a> {
         .await
     }
 
-    /// One page of events, newest first, and how many match.
+    /// Deletes the events that occurred before `cutoff`; how many.
+    pub async fn delete_before(&self, cutoff: DateTime<Utc>) -> Result<u64, DbErr> {
+        let deleted = audit_event::Entity::delete_many()
+            .filter(audit_event::Column::OccurredAt.lt(cutoff))
+            .exec(self.conn)
+            .await?;
+        Ok(deleted.rows_affected)
+    }
+
+    /// One page of events, newest first, and how many match, counted up to [`COUNT_CAP`]
+    /// (counting every match would read the whole trail on each call).
     pub async fn list(
         &self,
         filter: &AuditFilter,
@@ -57,7 +71,7 @@ impl<'a> AuditEvents<'a> {
         let query = query
             .order_by_desc(audit_event::Column::OccurredAt)
             .order_by_desc(audit_event::Column::Id);
-        let total = query.clone().count(self.conn).await?;
+        let total = query.clone().limit(COUNT_CAP + 1).count(self.conn).await?;
         let events = query
             .offset((page - 1) * per_page)
             .limit(per_page)

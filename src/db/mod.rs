@@ -99,6 +99,27 @@ pub fn default_postgres_pool_size() -> u32 {
     u32::try_from(cores * 2).unwrap_or(u32::MAX).max(4)
 }
 
+/// Whether `err` means the database is out of reach (down, restarting, its connections
+/// broken or the pool exhausted) rather than a bad query: a retry later can succeed, so the
+/// client gets 503, not 500.
+pub fn is_unavailable(err: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx};
+    match err {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx_err))
+        | DbErr::Query(RuntimeErr::SqlxError(sqlx_err)) => {
+            matches!(
+                **sqlx_err,
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            ) || reads::breaks_connection(sqlx_err)
+                // SQLite's single writer was busy (concurrent writes in the embedded
+                // default): a retry will do.
+                || sqlx_err.to_string().contains("database is locked")
+        }
+        other => other.to_string().contains("database is locked"),
+    }
+}
+
 /// Applies every pending migration.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await

@@ -195,7 +195,7 @@ impl PgReadPool {
 
 /// Whether `err` leaves its connection unusable: I/O, TLS or protocol trouble, or a FATAL
 /// error, with which PostgreSQL ends the session (`pg_terminate_backend`, a shutdown).
-fn breaks_connection(err: &sqlx::Error) -> bool {
+pub(super) fn breaks_connection(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

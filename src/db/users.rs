@@ -10,7 +10,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    entities::user::{self, Role},
+    entities::user::{self, PasswordHash, Role},
     reads::Reads,
 };
 
@@ -46,7 +46,7 @@ impl<'a> Users<'a> {
             id: Set(Uuid::new_v4()),
             name: Set(new.name),
             email: Set(new.email),
-            password_hash: Set(new.password_hash),
+            password_hash: Set(PasswordHash::new(new.password_hash)),
             role: Set(new.role),
             disabled: Set(false),
             created_at: Set(now),
@@ -82,9 +82,34 @@ impl<'a> Users<'a> {
         password_hash: String,
     ) -> Result<user::Model, DbErr> {
         let mut active: user::ActiveModel = user.into();
-        active.password_hash = Set(password_hash);
+        active.password_hash = Set(PasswordHash::new(password_hash));
         active.updated_at = Set(now());
         active.update(self.conn).await
+    }
+
+    /// Replaces the hash of `user` only if it is still the one `user` was read with: a rehash
+    /// after a login must not undo a password change committed meanwhile. `None` when the
+    /// stored hash has changed (or the user is gone).
+    pub async fn replace_password_hash(
+        &self,
+        user: user::Model,
+        password_hash: String,
+    ) -> Result<Option<user::Model>, DbErr> {
+        let now = now();
+        let new = PasswordHash::new(password_hash);
+        let updated = user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, Expr::value(new.clone()))
+            .col_expr(user::Column::UpdatedAt, Expr::value(now))
+            .filter(user::Column::Id.eq(user.id))
+            .filter(user::Column::PasswordHash.eq(user.password_hash.clone()))
+            .exec(self.conn)
+            .await?;
+        let user = user::Model {
+            password_hash: new,
+            updated_at: now,
+            ..user
+        };
+        Ok((updated.rows_affected == 1).then_some(user))
     }
 
     pub async fn delete(&self, id: Uuid) -> Result<bool, DbErr> {

@@ -55,9 +55,9 @@ impl Inner {
 
     fn login_gate(&mut self, gate: &LoginGate<'_>) -> GateOutcome {
         let now = gate.now_ms;
-        let (count, reset_ms) = self.hit(gate.ip_key, gate.ip.window_ms(), now);
-        if count > gate.ip.limit {
-            return GateOutcome::IpLimited { reset_ms };
+        let (count, reset_ms) = self.hit(gate.outer_key, gate.outer.window_ms(), now);
+        if count > gate.outer.limit {
+            return GateOutcome::OuterLimited { reset_ms };
         }
         let (count, reset_ms) = self.hit(gate.account_key, gate.account.window_ms(), now);
         if count > gate.account.limit {

@@ -96,6 +96,8 @@ pub struct LimitSettings {
     pub login_per_account: Rate,
     pub register_per_ip: Rate,
     pub refresh_per_ip: Rate,
+    /// Checks of a signed-in user's password (changing it, deleting the account).
+    pub password_check_per_user: Rate,
     pub backoff: BackoffPolicy,
 }
 
@@ -106,6 +108,7 @@ impl Default for LimitSettings {
             login_per_account: Rate::per_secs(5, 60),
             register_per_ip: Rate::per_secs(5, 60),
             refresh_per_ip: Rate::per_secs(60, 60),
+            password_check_per_user: Rate::per_secs(5, 60),
             backoff: BackoffPolicy {
                 free_failures: 3,
                 base: Duration::from_secs(1),
@@ -175,8 +178,9 @@ pub trait LimitStore: Send + Sync + 'static {
     /// Returns the count in the current window and the milliseconds until it ends.
     async fn hit(&self, key: &str, window_ms: u64) -> Result<(u64, u64), BackendError>;
 
-    /// The checks before a login's hash, in order, as one atomic step: charges the IP, then
-    /// (only if the IP is within its limit) the account, then reads the account's backoff.
+    /// The checks before a password's hash, in order, as one atomic step: charges the outer
+    /// counter (the client's IP for a login, the user for a password check), then (only if
+    /// that is within its limit) the account's, then reads the account's backoff.
     async fn login_gate(&self, gate: &LoginGate<'_>) -> Result<GateOutcome, BackendError>;
 
     /// Records a failure and returns (failures so far, the delay it imposes in ms).
@@ -193,8 +197,9 @@ pub trait LimitStore: Send + Sync + 'static {
 
 /// What `LimitStore::login_gate` checks.
 pub struct LoginGate<'a> {
-    pub ip_key: &'a str,
-    pub ip: Rate,
+    /// The outer counter: the client's IP, or the user whose password is checked.
+    pub outer_key: &'a str,
+    pub outer: Rate,
     pub account_key: &'a str,
     pub account: Rate,
     pub backoff_key: &'a str,
@@ -204,8 +209,8 @@ pub struct LoginGate<'a> {
 /// What `LimitStore::login_gate` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GateOutcome {
-    /// The IP is over its login limit; the account was not charged.
-    IpLimited { reset_ms: u64 },
+    /// The outer counter is over its limit; the account was not charged.
+    OuterLimited { reset_ms: u64 },
     /// The account is over its login limit.
     AccountLimited { reset_ms: u64 },
     /// The account must still wait after failed logins.
@@ -215,10 +220,10 @@ pub enum GateOutcome {
     Open { failures_on_record: bool },
 }
 
-/// A login that passed the gate (`Limiter::check_login`).
+/// A password check that passed the gate (`Limiter::check_login`, `check_password_check`).
 #[must_use]
 pub struct LoginAttempt {
-    account: String,
+    backoff_key: String,
     failures_on_record: bool,
 }
 
@@ -229,6 +234,7 @@ pub enum Rule {
     LoginPerAccount,
     RegisterPerIp,
     RefreshPerIp,
+    PasswordCheckPerUser,
 }
 
 impl Rule {
@@ -239,6 +245,7 @@ impl Rule {
             Rule::LoginPerAccount => "login-account",
             Rule::RegisterPerIp => "register-ip",
             Rule::RefreshPerIp => "refresh-ip",
+            Rule::PasswordCheckPerUser => "password-check-user",
         }
     }
 }
@@ -291,6 +298,7 @@ impl Limiter {
             Rule::LoginPerAccount => self.settings.login_per_account,
             Rule::RegisterPerIp => self.settings.register_per_ip,
             Rule::RefreshPerIp => self.settings.refresh_per_ip,
+            Rule::PasswordCheckPerUser => self.settings.password_check_per_user,
         }
     }
 
@@ -310,26 +318,47 @@ impl Limiter {
     /// The checks before a login's hash, in one round trip to the store: the IP's limit, then
     /// the account's, then the account's backoff.
     pub async fn check_login(&self, ip: &str, account: &str) -> Result<LoginAttempt, LimitError> {
-        let (ip_key, account_key) = (
-            rule_key(Rule::LoginPerIp, ip),
+        self.gate(Rule::LoginPerIp, ip, account).await
+    }
+
+    /// The same checks before a signed-in user's password is checked (to change it, to delete
+    /// the account): the user's own limit, then the account's login limit and backoff, so
+    /// guesses through a stolen session count with guesses at the login form.
+    pub async fn check_password_check(
+        &self,
+        user: &str,
+        account: &str,
+    ) -> Result<LoginAttempt, LimitError> {
+        self.gate(Rule::PasswordCheckPerUser, user, account).await
+    }
+
+    async fn gate(
+        &self,
+        outer: Rule,
+        subject: &str,
+        account: &str,
+    ) -> Result<LoginAttempt, LimitError> {
+        let (outer_key, account_key) = (
+            rule_key(outer, subject),
             rule_key(Rule::LoginPerAccount, account),
         );
+        let backoff_key = backoff_key(account);
         let gate = LoginGate {
-            ip_key: &ip_key,
-            ip: self.rate(Rule::LoginPerIp),
+            outer_key: &outer_key,
+            outer: self.rate(outer),
             account_key: &account_key,
             account: self.rate(Rule::LoginPerAccount),
-            backoff_key: &backoff_key(account),
+            backoff_key: &backoff_key,
             now_ms: now_ms(),
         };
         match self.store.login_gate(&gate).await? {
-            GateOutcome::IpLimited { reset_ms } => Err(self.limited(Rule::LoginPerIp, reset_ms)),
+            GateOutcome::OuterLimited { reset_ms } => Err(self.limited(outer, reset_ms)),
             GateOutcome::AccountLimited { reset_ms } => {
                 Err(self.limited(Rule::LoginPerAccount, reset_ms))
             }
             GateOutcome::BackingOff { wait_ms } => Err(self.backing_off(wait_ms)),
             GateOutcome::Open { failures_on_record } => Ok(LoginAttempt {
-                account: account.to_owned(),
+                backoff_key,
                 failures_on_record,
             }),
         }
@@ -363,7 +392,7 @@ impl Limiter {
         })
     }
 
-    /// Records a failed login of `account`.
+    /// Records a wrong password for `account` (at login or in a password check).
     pub async fn login_failed(&self, account: &str) -> Result<(), LimitError> {
         self.store
             .record_failure(&backoff_key(account), now_ms(), &self.schedule)
@@ -375,18 +404,27 @@ impl Limiter {
     /// failures on record; one recorded since is kept, which only errs on the strict side).
     pub async fn login_succeeded(&self, attempt: LoginAttempt) -> Result<(), LimitError> {
         if attempt.failures_on_record {
-            self.store.reset(&backoff_key(&attempt.account)).await?;
+            self.store.reset(&attempt.backoff_key).await?;
         }
         Ok(())
     }
 }
 
+/// The store key of `subject` (an IP, a user id, an email) under `rule`: a digest, so client
+/// input of any length makes a key of the same small size.
 fn rule_key(rule: Rule, subject: &str) -> String {
-    format!("{}:{subject}", rule.name())
+    format!("{}:{}", rule.name(), digest(subject))
 }
 
 fn backoff_key(account: &str) -> String {
-    format!("backoff:{account}")
+    format!("backoff:{}", digest(account))
+}
+
+/// 128 bits of SHA-256, base64url: collisions between subjects are out of reach.
+fn digest(subject: &str) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    use sha2::{Digest, Sha256};
+    URL_SAFE_NO_PAD.encode(&Sha256::digest(subject.as_bytes())[..16])
 }
 
 #[cfg(test)]

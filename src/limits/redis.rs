@@ -50,9 +50,9 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {f, delay}
 "#;
 
-/// The login gate of `LimitStore::login_gate`, in one round trip. KEYS: IP counter, account
-/// counter, backoff hash. ARGV: IP window ms, IP limit, account window ms, account limit, now
-/// ms. Returns {0 open | 1 IP limited | 2 account limited | 3 backing off, ms} where ms is the
+/// The gate of `LimitStore::login_gate`, in one round trip. KEYS: outer counter, account
+/// counter, backoff hash. ARGV: outer window ms, outer limit, account window ms, account limit,
+/// now ms. Returns {0 open | 1 outer limited | 2 account limited | 3 backing off, ms} where ms is the
 /// window's reset or the backoff's wait; when open, 1 if failures are on record, else 0.
 /// The counters are `HIT`'s.
 const LOGIN_GATE: &str = concat!(
@@ -131,11 +131,11 @@ impl LimitStore for RedisLimits {
         let mut conn = self.conn().await?;
         let (verdict, ms): (u8, i64) = self
             .login_gate
-            .key(format!("{}{}", self.prefix, gate.ip_key))
+            .key(format!("{}{}", self.prefix, gate.outer_key))
             .key(format!("{}{}", self.prefix, gate.account_key))
             .key(format!("{}{}", self.prefix, gate.backoff_key))
-            .arg(gate.ip.window_ms())
-            .arg(gate.ip.limit)
+            .arg(gate.outer.window_ms())
+            .arg(gate.outer.limit)
             .arg(gate.account.window_ms())
             .arg(gate.account.limit)
             .arg(gate.now_ms)
@@ -143,7 +143,7 @@ impl LimitStore for RedisLimits {
             .await?;
         let ms = u64::try_from(ms).unwrap_or(0);
         Ok(match verdict {
-            1 => GateOutcome::IpLimited { reset_ms: ms },
+            1 => GateOutcome::OuterLimited { reset_ms: ms },
             2 => GateOutcome::AccountLimited { reset_ms: ms },
             3 => GateOutcome::BackingOff { wait_ms: ms },
             _ => GateOutcome::Open {

@@ -321,7 +321,14 @@ fn record(metrics: &Metrics, response: &Response, method: &Method, path: &str, s
     );
 }
 
-/// Reads at most `MAX_BODY_BYTES` of the body before `next` sees the request.
+/// Past the limit, up to this much more of a body is read and dropped before the 413, so a
+/// client that is still sending reads the answer rather than a reset connection.
+const DRAIN_BYTES: u64 = 1 << 20;
+/// How long that draining may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads at most `MAX_BODY_BYTES` of the body before `next` sees the request; a larger body
+/// gets 413.
 async fn limit_body<E: Endpoint>(next: &E, mut req: Request) -> poem::Result<Response> {
     let declared = req
         .headers()
@@ -329,22 +336,75 @@ async fn limit_body<E: Endpoint>(next: &E, mut req: Request) -> poem::Result<Res
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return Err(error::payload_too_large().into());
+        let drained = declared.is_some_and(|len| len <= MAX_BODY_BYTES as u64 + DRAIN_BYTES)
+            && drain(req.take_body()).await;
+        return Ok(too_large(drained));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         // Boxed: the read's future is larger than the rest of the request's, and a GET
         // (the guard's hot path) would otherwise carry its space.
-        let bytes = Box::pin(req.take_body().into_bytes_limit(MAX_BODY_BYTES))
-            .await
-            .map_err(|err| match err {
-                poem::error::ReadBodyError::PayloadTooLarge => error::payload_too_large(),
-                other => {
-                    ApiError::malformed(format!("the request body could not be read: {other}"))
-                }
-            })?;
-        req.set_body(bytes);
+        match Box::pin(read_limited(req.take_body())).await? {
+            Some(bytes) => req.set_body(bytes),
+            None => return Ok(too_large(true)),
+        }
     }
     Ok(next.call(req).await?.into_response())
+}
+
+/// The body, or `None` when it is over the limit (then up to `DRAIN_BYTES` more of it have
+/// been read and dropped).
+async fn read_limited(body: poem::Body) -> Result<Option<Vec<u8>>, ApiError> {
+    use futures_util::StreamExt;
+    let mut stream = std::pin::pin!(body.into_bytes_stream());
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|err| {
+            ApiError::malformed(format!("the request body could not be read: {err}"))
+        })?;
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            drain_stream(stream).await;
+            return Ok(None);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Some(bytes))
+}
+
+/// Reads and drops up to `DRAIN_BYTES` of `body` within `DRAIN_TIME`; whether it all came.
+async fn drain(body: poem::Body) -> bool {
+    drain_stream(std::pin::pin!(body.into_bytes_stream())).await
+}
+
+async fn drain_stream<S, B, E>(mut stream: std::pin::Pin<&mut S>) -> bool
+where
+    S: futures_util::Stream<Item = Result<B, E>>,
+    B: AsRef<[u8]>,
+{
+    use futures_util::StreamExt;
+    let read_all = async {
+        let mut read = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.as_ref().len() as u64;
+            if read > DRAIN_BYTES {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIME, read_all)
+        .await
+        .unwrap_or(false)
+}
+
+/// The 413; with the rest of the body unread the connection is closed after it.
+fn too_large(drained: bool) -> Response {
+    let mut response = error::payload_too_large().as_response();
+    if !drained {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 #[cfg(test)]

@@ -52,9 +52,9 @@ pub async fn services(settings: Settings) -> Result<Services, StartupError> {
     settings.validate()?;
     let keys = {
         let source = settings.keys.source.clone();
-        let generate = settings.keys.generate_missing;
+        let rules = settings.keys.load_rules();
         // Generating development keys takes a moment: keep it off the async workers.
-        tokio::task::spawn_blocking(move || Keys::load(&source, generate))
+        tokio::task::spawn_blocking(move || Keys::load(&source, rules))
             .await
             .map_err(anyhow::Error::from)??
     };

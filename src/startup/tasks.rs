@@ -1,6 +1,8 @@
 //! What runs beside the HTTP server: the key directory's reload, and waiting for the signal
 //! to stop.
 
+use std::time::Duration;
+
 use tokio::task::JoinSet;
 
 use crate::{auth::keys::KeySource, state::AppState};
@@ -13,7 +15,28 @@ pub fn spawn(state: &AppState) -> JoinSet<()> {
     if let KeySource::Files(_) = &state.settings.keys.source {
         tasks.spawn(reload_keys(state.clone()));
     }
+    if let Some(retention) = state.settings.audit.retention {
+        tasks.spawn(purge_audit(state.clone(), retention));
+    }
     tasks
+}
+
+/// How often the audit trail is purged of events past their retention.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes audit events past `AUDIT_RETENTION_DAYS`, at start and then every hour. Several
+/// instances may purge at once: each deletes what is old, and deleting twice is harmless.
+async fn purge_audit(state: AppState, retention: Duration) {
+    let mut ticks = tokio::time::interval(PURGE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match state.accounts.purge_audit(retention).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "audit events past their retention deleted"),
+            Err(err) => tracing::warn!(error = %err, "audit purge failed; retrying in an hour"),
+        }
+    }
 }
 
 /// Re-reads the key directory every `KEYS_RELOAD_SECS`, so a `latchkey keys rotate` (or
@@ -25,7 +48,8 @@ async fn reload_keys(state: AppState) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        state.tokens.reload(&state.settings.keys.source).await;
+        let keys = &state.settings.keys;
+        state.tokens.reload(&keys.source, keys.load_rules()).await;
     }
 }
 

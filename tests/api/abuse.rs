@@ -432,6 +432,8 @@ async fn login_rehashes_a_password_made_with_old_argon2_parameters(app: TestApp)
                 .unwrap()
                 .unwrap()
                 .password_hash
+                .expose()
+                .to_owned()
         }
     };
     assert!(stored(&app).await.contains("m=19456,t=2,p=1"));

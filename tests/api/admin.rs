@@ -6,12 +6,14 @@ use serde_json::{Value, json};
 
 use crate::{
     backend_tests,
-    helpers::{TestApp, TestUser, assert_error, assert_session_revoked, status_and_json},
+    helpers::{
+        TestApp, TestUser, Tokens, assert_error, assert_session_revoked, claims_of, status_and_json,
+    },
 };
 
 backend_tests!(
     a_user_gets_403_on_every_admin_endpoint_and_an_admin_gets_through,
-    a_promotion_or_demotion_applies_on_the_next_request_with_the_same_token,
+    a_role_change_revokes_the_users_sessions_and_applies_at_the_next_login,
     disabling_a_user_kills_its_live_tokens_and_refuses_its_login,
     the_last_active_admin_cannot_be_demoted_disabled_or_deleted,
     pagination_bounds_are_422_and_pages_filters_and_totals_are_right,
@@ -101,7 +103,9 @@ async fn a_user_gets_403_on_every_admin_endpoint_and_an_admin_gets_through(app: 
     }
 }
 
-async fn a_promotion_or_demotion_applies_on_the_next_request_with_the_same_token(app: TestApp) {
+/// A role change ends every session of the user: services that trust the token's `role`
+/// claim must never see a role that is no longer true. The new role comes with the next login.
+async fn a_role_change_revokes_the_users_sessions_and_applies_at_the_next_login(app: TestApp) {
     let admin = app.signed_in_admin().await;
     let user = app.signed_in_user().await;
     let list = |access: String| {
@@ -112,41 +116,32 @@ async fn a_promotion_or_demotion_applies_on_the_next_request_with_the_same_token
         list(user.tokens().access.clone()).await.status(),
         StatusCode::FORBIDDEN
     );
-
     let path = format!("/api/v1/admin/users/{}", user.user_id());
-    let (status, body) = status_and_json(
-        admin_call(
-            &app,
-            Method::PATCH,
-            &path,
-            &admin.tokens().access,
-            Some(json!({"role": "admin"})),
-        )
-        .await,
-    )
-    .await;
+    let change = |role: &'static str, access: String| {
+        let (app, path) = (&app, path.clone());
+        async move {
+            let body = Some(json!({"role": role}));
+            status_and_json(admin_call(app, Method::PATCH, &path, &access, body).await).await
+        }
+    };
+
+    let (status, body) = change("admin", admin.tokens().access.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user"]["role"], "admin");
-    // Same token, next request: admin.
-    assert_eq!(
-        list(user.tokens().access.clone()).await.status(),
-        StatusCode::OK
-    );
-    let (_, me) = status_and_json(app.me(&user.tokens().access).await).await;
-    assert_eq!(me["user"]["role"], "admin");
+    assert_session_revoked(&app, user.tokens()).await;
+    let (status, login) = status_and_json(app.login(&user.email, &user.password).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let promoted = Tokens::from_json(&login);
+    assert_eq!(claims_of(&promoted.access)["role"], "admin");
+    assert_eq!(list(promoted.access.clone()).await.status(), StatusCode::OK);
 
-    let response = admin_call(
-        &app,
-        Method::PATCH,
-        &path,
-        &admin.tokens().access,
-        Some(json!({"role": "user"})),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::OK);
+    // Demoted: the admin token that was just issued dies at once.
+    let (status, _) = change("user", admin.tokens().access.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_session_revoked(&app, &promoted).await;
     assert_eq!(
-        list(user.tokens().access.clone()).await.status(),
-        StatusCode::FORBIDDEN
+        list(promoted.access.clone()).await.status(),
+        StatusCode::UNAUTHORIZED
     );
 }
 

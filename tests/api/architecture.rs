@@ -47,7 +47,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("state", &["accounts", "auth", "config", "db", "telemetry"]),
     (
         "config",
-        &["accounts", "auth", "limits", "store", "telemetry"],
+        &["accounts", "audit", "auth", "limits", "store", "telemetry"],
     ),
     (
         "accounts",

@@ -304,3 +304,42 @@ fn keys_rotate_list_and_prune_follow_the_runbook() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("keys rotate"));
 }
+
+mod set_role_from_the_command_line_revokes_the_users_sessions {
+    use super::*;
+
+    /// The command line changes a role through the same flow as the admin API: the user's live
+    /// tokens (in the shared Redis) die at once, so none carries the old role.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_redis() {
+        crate::require!(PostgresRedis);
+        let app = TestApp::spawn(Backend::PostgresRedis).await;
+        let user = app.signed_in_user().await;
+        assert_eq!(app.me(&user.tokens().access).await.status(), StatusCode::OK);
+        let settings = &app.state.settings;
+        let dir = tempfile::tempdir().unwrap();
+        let output = latchkey(
+            dir.path(),
+            &[
+                "user",
+                "set-role",
+                "--email",
+                &user.email,
+                "--role",
+                "admin",
+            ],
+            &[
+                ("DATABASE_URL", settings.database.url.expose()),
+                ("REDIS_URL", settings.redis.url.as_ref().unwrap().expose()),
+                ("REDIS_KEY_PREFIX", &settings.redis.key_prefix),
+            ],
+            "",
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        crate::helpers::assert_session_revoked(&app, user.tokens()).await;
+    }
+}

@@ -267,7 +267,11 @@ async fn development_generates_missing_keys_into_the_key_dir() {
     let paths = KeyPaths::in_dir(dir.path().join("keys"));
     let keys = tokio::task::spawn_blocking({
         let source = KeySource::Files(paths.clone());
-        move || latchkey::auth::keys::Keys::load(&source, true)
+        let rules = latchkey::auth::keys::LoadRules {
+            generate_missing: true,
+            owner_only: true,
+        };
+        move || latchkey::auth::keys::Keys::load(&source, rules)
     })
     .await
     .unwrap()
@@ -323,4 +327,60 @@ mod database_pool_size_bounds_the_connections_of_an_instance {
                 .all(|r| r.status() == reqwest::StatusCode::OK)
         );
     }
+}
+
+#[test]
+fn production_refuses_cheap_argon2_parameters_and_a_long_leeway() {
+    for (var, value, expected) in [
+        (
+            "ARGON2_MEMORY_KIB",
+            "8192",
+            "below the production minimum of 19456",
+        ),
+        (
+            "ARGON2_ITERATIONS",
+            "1",
+            "below the production minimum of 2",
+        ),
+    ] {
+        let mut vars = production_vars();
+        vars.insert(var.into(), value.into());
+        let message = refusal(&vars);
+        assert!(message.contains(expected), "{var}={value}: {message}");
+        // Development accepts them (fast tests and laptops).
+        let mut vars = HashMap::new();
+        vars.insert(var.to_owned(), value.to_owned());
+        assert!(
+            Settings::from_vars(&vars).is_ok(),
+            "{var}={value} in development"
+        );
+    }
+    for production in [true, false] {
+        let mut vars = if production {
+            production_vars()
+        } else {
+            HashMap::new()
+        };
+        vars.insert("JWT_LEEWAY".into(), "3600".into());
+        let message = refusal(&vars);
+        assert!(message.contains("JWT_LEEWAY=3600 is too long"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn production_refuses_private_key_files_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = crate::helpers::write_key_dir(dir.path(), &KEYS.access, &KEYS.refresh);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let loose = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(&paths.refresh_private, loose).unwrap();
+    }
+    let message = build_refusal(production_with_keys(KeySource::Files(paths.clone()))).await;
+    assert!(
+        message.contains("refresh_private.pem has mode 644"),
+        "{message}"
+    );
+    assert!(message.contains("chmod 600"), "{message}");
 }

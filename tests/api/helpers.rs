@@ -89,6 +89,12 @@ pub fn write_key_dir(dir: &Path, access: &PemPair, refresh: &PemPair) -> KeyPath
     ] {
         std::fs::write(path, pem).expect("write key file");
     }
+    // Private keys readable by their owner alone, as `latchkey keys generate` writes them.
+    #[cfg(unix)]
+    for path in [&paths.access_private, &paths.refresh_private] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
     paths
 }
 
@@ -136,7 +142,8 @@ struct LogWriter(Arc<Mutex<Vec<u8>>>);
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        let mut logs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        logs.extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -145,12 +152,12 @@ impl Write for LogWriter {
 }
 
 pub fn captured_logs() -> String {
-    String::from_utf8_lossy(&LOGS.lock().expect("log buffer")).into_owned()
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }
 
 /// How many bytes of logs have been captured so far.
 fn log_position() -> usize {
-    LOGS.lock().expect("log buffer").len()
+    LOGS.lock().unwrap_or_else(|e| e.into_inner()).len()
 }
 
 /// What must never appear in a log line: a JWT (every token starts with the base64 of
@@ -171,8 +178,10 @@ const FORBIDDEN_IN_LOGS: &[&str] = &[
 /// Checks every log line written since `from` (the whole suite is covered: every test's
 /// server checks the lines written while it ran).
 pub fn assert_no_secrets_logged_since(from: usize) {
-    let logs = LOGS.lock().expect("log buffer");
-    let text = String::from_utf8_lossy(&logs[from.min(logs.len())..]);
+    let text = {
+        let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&logs[from.min(logs.len())..]).into_owned()
+    };
     for line in text.lines() {
         for forbidden in FORBIDDEN_IN_LOGS {
             assert!(
@@ -274,12 +283,12 @@ macro_rules! require {
     };
 }
 
-fn postgres_admin_url() -> String {
+pub fn postgres_admin_url() -> String {
     std::env::var("LATCHKEY_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-fn redis_url() -> String {
+pub fn redis_url() -> String {
     std::env::var("LATCHKEY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
@@ -296,6 +305,7 @@ pub fn base_settings() -> Settings {
         login_per_account: generous,
         register_per_ip: generous,
         refresh_per_ip: generous,
+        password_check_per_user: generous,
         backoff: BackoffPolicy {
             free_failures: 1000,
             ..defaults.backoff
@@ -571,6 +581,59 @@ impl TestApp {
             .send()
             .await
             .expect("request")
+    }
+
+    /// A JSON POST with the user's bearer token.
+    pub async fn authed_post(&self, user: &TestUser, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(&user.tokens().access)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// The Redis key prefix of this server, when its store is Redis.
+    pub fn redis_prefix(&self) -> Option<String> {
+        let redis = &self.state.settings.redis;
+        redis.url.as_ref().map(|_| redis.key_prefix.clone())
+    }
+
+    async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        let url = self
+            .state
+            .settings
+            .redis
+            .url
+            .as_ref()
+            .expect("a Redis server");
+        redis::Client::open(url.expose())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    /// Every Redis key under this server's prefix.
+    pub async fn redis_keys(&self) -> Vec<String> {
+        let prefix = self.redis_prefix().expect("a Redis server");
+        redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut self.redis_conn().await)
+            .await
+            .expect("KEYS")
+    }
+
+    /// Writes one field of a Redis hash, as someone with access to Redis could.
+    pub async fn redis_hset(&self, key: &str, field: &str, value: &str) {
+        let _: i64 = redis::cmd("HSET")
+            .arg(key)
+            .arg(field)
+            .arg(value)
+            .query_async(&mut self.redis_conn().await)
+            .await
+            .expect("HSET");
     }
 
     pub async fn logout(&self, access_token: &str) -> Response {

@@ -9,7 +9,8 @@ use std::{
 use chrono::{DateTime, Utc};
 use latchkey::{
     auth::keys::{
-        self, KeyKind, KeyPaths, KeySource, Keys, Manifest, ManifestEntry, RotationPolicy,
+        self, KeyKind, KeyPaths, KeySource, Keys, LoadRules, Manifest, ManifestEntry,
+        RotationPolicy,
     },
     config::Settings,
 };
@@ -353,7 +354,11 @@ async fn keys_from_the_environment_are_a_single_key_setup() {
 }
 
 fn load(paths: &KeyPaths) -> Result<Keys, String> {
-    Keys::load(&KeySource::Files(paths.clone()), false).map_err(|e| e.to_string())
+    let rules = LoadRules {
+        generate_missing: false,
+        owner_only: true,
+    };
+    Keys::load(&KeySource::Files(paths.clone()), rules).map_err(|e| e.to_string())
 }
 
 fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut Manifest)) {
@@ -463,6 +468,19 @@ fn production_refusals_hold_for_every_key_in_the_manifest() {
     )
     .unwrap();
     std::fs::write(paths.dir.join(&entry.public_key), &KEYS.stranger.public_pem).unwrap();
+    // Written anew, the private file is readable by others: production refuses that first.
+    let message = load(&paths).err().expect("refused");
+    assert!(
+        message.contains("its group or others can read it"),
+        "{message}"
+    );
+    assert!(message.contains("chmod 600"), "{message}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = paths.dir.join(&entry.private_key);
+        std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let message = load(&paths).err().expect("refused");
     assert!(message.contains("not the"), "{message}");
 

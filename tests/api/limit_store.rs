@@ -67,8 +67,8 @@ fn schedule() -> BackoffSchedule {
 
 fn gate<'a>(ip: &'a str, account: &'a str, backoff: &'a str, limits: (u64, u64)) -> LoginGate<'a> {
     LoginGate {
-        ip_key: ip,
-        ip: Rate::per_secs(limits.0, 60),
+        outer_key: ip,
+        outer: Rate::per_secs(limits.0, 60),
         account_key: account,
         account: Rate::per_secs(limits.1, 60),
         backoff_key: backoff,
@@ -154,7 +154,7 @@ async fn an_ip_over_its_limit_does_not_charge_the_account(store: Arc<dyn LimitSt
         .await
         .unwrap()
     {
-        GateOutcome::IpLimited { reset_ms } => assert!(reset_ms <= 60_000),
+        GateOutcome::OuterLimited { reset_ms } => assert!(reset_ms <= 60_000),
         other => panic!("expected the IP limit, got {other:?}"),
     }
     // The refused attempt never reached the account's counter.

@@ -17,6 +17,7 @@ mod lifecycle;
 mod limit_store;
 mod malformed;
 mod observability;
+mod proxy;
 mod secrets;
 mod session_store;
 mod sessions;

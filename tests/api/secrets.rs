@@ -64,9 +64,16 @@ async fn no_response_or_log_line_contains_a_password_or_its_hash(app: TestApp) {
     assert!(
         stored
             .password_hash
+            .expose()
             .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
     );
-    let hash_tail = stored.password_hash.rsplit('$').next().unwrap().to_owned();
+    let hash_tail = stored
+        .password_hash
+        .expose()
+        .rsplit('$')
+        .next()
+        .unwrap()
+        .to_owned();
 
     for body in &bodies {
         assert!(
@@ -100,4 +107,30 @@ async fn no_response_or_log_line_contains_a_password_or_its_hash(app: TestApp) {
         !logs.contains(&tokens.refresh),
         "a log line contains a refresh token"
     );
+}
+
+backend_tests!(a_debug_printed_user_or_caller_shows_no_hash);
+
+async fn a_debug_printed_user_or_caller_shows_no_hash(app: TestApp) {
+    let user = app.signed_in_user().await;
+    let stored = app
+        .state
+        .db
+        .users()
+        .find_by_email(&user.email)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.password_hash.expose().starts_with("$argon2id$"));
+    let printed = format!("{stored:?}");
+    assert!(!printed.contains("$argon2"), "{printed}");
+    let caller = app
+        .state
+        .accounts
+        .authenticate(&user.tokens().access)
+        .await
+        .unwrap();
+    let printed = format!("{caller:#?}");
+    assert!(!printed.contains("$argon2"), "{printed}");
+    assert!(printed.contains("[redacted]"), "{printed}");
 }

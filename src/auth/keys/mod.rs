@@ -139,6 +139,25 @@ pub struct InlineKeys {
     pub refresh_public: String,
 }
 
+/// How strictly keys are loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadRules {
+    /// Development: a key directory with no keys at all gets fresh ones.
+    pub generate_missing: bool,
+    /// Production: a private key file that its group or others may read is refused.
+    pub owner_only: bool,
+}
+
+impl LoadRules {
+    /// The same rules, never generating (a reload only reads what is there).
+    pub fn reading_only(self) -> Self {
+        Self {
+            generate_missing: false,
+            ..self
+        }
+    }
+}
+
 /// What is wrong with the keys, with the fix in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -225,6 +244,11 @@ pub enum KeyError {
     NegativeDelay,
     #[error("{}: not a UTF-8 path", path.display())]
     NotUtf8 { path: PathBuf },
+    #[error(
+        "private key file {} has mode {mode:o}: its group or others can read it; run `chmod \
+         600 {}` (and make the service's user its owner)", path.display(), path.display()
+    )]
+    TooOpen { path: PathBuf, mode: u32 },
 }
 
 /// A key of a running service with its place in the rotation.
@@ -257,12 +281,12 @@ impl Keys {
     /// Loads, parses and checks the configured keys. In development, a key directory with no
     /// manifest and none of the four files gets fresh keys first (loudly). Every problem is a
     /// startup refusal (production never passes `generate_missing`).
-    pub fn load(source: &KeySource, generate_missing: bool) -> Result<Self, KeyError> {
+    pub fn load(source: &KeySource, rules: LoadRules) -> Result<Self, KeyError> {
         let entries = match source {
             KeySource::Files(paths) if paths.dir.join(MANIFEST_FILE).exists() => {
-                load_manifest(&paths.dir)?
+                load_manifest(&paths.dir, rules)?
             }
-            KeySource::Files(paths) => load_single_key_dir(paths, generate_missing)?,
+            KeySource::Files(paths) => load_single_key_dir(paths, rules)?,
             KeySource::Inline(inline) => vec![
                 from_start(
                     KeyKind::Access,
@@ -384,14 +408,14 @@ fn from_start(
 }
 
 /// Every key a manifest lists, each checked against the `kid` the manifest records.
-fn load_manifest(dir: &Path) -> Result<Vec<(KeyKind, ManagedKey)>, KeyError> {
+fn load_manifest(dir: &Path, rules: LoadRules) -> Result<Vec<(KeyKind, ManagedKey)>, KeyError> {
     let manifest = Manifest::read(dir)?;
     let mut keys = Vec::with_capacity(manifest.keys.len());
     for entry in &manifest.keys {
         let private = dir.join(&entry.private_key);
         let key = SigningKey::from_pem(
             entry.kind,
-            &read_key_file(&private)?,
+            &read_private_key_file(&private, rules)?,
             Some(&read_key_file(&dir.join(&entry.public_key))?),
         )
         .map_err(|err| KeyError::In {
@@ -421,10 +445,10 @@ fn load_manifest(dir: &Path) -> Result<Vec<(KeyKind, ManagedKey)>, KeyError> {
 /// The four files of a single-key setup; in development, generated first when none exists.
 fn load_single_key_dir(
     paths: &KeyPaths,
-    generate_missing: bool,
+    rules: LoadRules,
 ) -> Result<Vec<(KeyKind, ManagedKey)>, KeyError> {
     let missing: Vec<&PathBuf> = paths.all().into_iter().filter(|p| !p.exists()).collect();
-    if missing.len() == 4 && generate_missing {
+    if missing.len() == 4 && rules.generate_missing {
         tracing::warn!(
             dir = %paths.dir.display(),
             "no RSA keys found: generating DEVELOPMENT keys. Never use these in production; \
@@ -447,9 +471,29 @@ fn load_single_key_dir(
         .into_iter()
         .map(|kind| {
             let (private, public) = paths.pair(kind);
-            from_start(kind, &read_key_file(private)?, &read_key_file(public)?)
+            let private = read_private_key_file(private, rules)?;
+            from_start(kind, &private, &read_key_file(public)?)
         })
         .collect()
+}
+
+/// A private key file; with `owner_only`, refused if its group or others may read it.
+fn read_private_key_file(path: &Path, rules: LoadRules) -> Result<String, KeyError> {
+    let pem = read_key_file(path)?;
+    #[cfg(unix)]
+    if rules.owner_only {
+        use std::os::unix::fs::PermissionsExt;
+        let unreadable = |source| KeyError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mode = fs::metadata(path).map_err(unreadable)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            let (path, mode) = (path.to_path_buf(), mode & 0o777);
+            return Err(KeyError::TooOpen { path, mode });
+        }
+    }
+    Ok(pem)
 }
 
 pub(crate) fn read_key_file(path: &Path) -> Result<String, KeyError> {

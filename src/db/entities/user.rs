@@ -33,8 +33,30 @@ impl Role {
     pub const ALL: [Role; 2] = [Role::User, Role::Admin];
 }
 
-/// A registered account. `password_hash` is an argon2id PHC string and never leaves the
-/// service: API responses are built from [`crate::api::users::UserResponse`], not from this.
+/// An argon2id PHC string. Its `Debug` never shows it, so a model that is logged or printed
+/// does not carry the hash along.
+#[derive(Clone, PartialEq, Eq, DeriveValueType)]
+pub struct PasswordHash(String);
+
+impl PasswordHash {
+    pub fn new(phc: String) -> Self {
+        Self(phc)
+    }
+
+    /// The PHC string, for the password check.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordHash([redacted])")
+    }
+}
+
+/// A registered account. `password_hash` never leaves the service: API responses are built
+/// from the API's `UserResponse`, not from this.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "users")]
 pub struct Model {
@@ -43,7 +65,7 @@ pub struct Model {
     pub name: String,
     #[sea_orm(unique)]
     pub email: String,
-    pub password_hash: String,
+    pub password_hash: PasswordHash,
     pub role: Role,
     pub disabled: bool,
     pub created_at: DateTimeUtc,
