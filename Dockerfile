@@ -3,7 +3,9 @@
 # Latchkey container image.
 #   docker build -t latchkey .
 # Configuration comes from the environment (see app.env.example); keys are NOT part of the image:
-# mount them (docker-compose.yml mounts ./keys at /keys) or pass them as base64 variables.
+# mount them at /keys (docker-compose.yml generates them into a volume there on the first start)
+# or pass them as base64 variables. /keys belongs to the service's user, so a new volume mounted
+# there does too.
 
 # ---- build ---------------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS builder
@@ -34,13 +36,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/*
 
-# An unprivileged user with a fixed uid/gid, so mounted files can be granted to it
-# (e.g. `sudo chown 10001:10001 keys/*.pem` on the host).
+# An unprivileged user with a fixed uid/gid, so mounted files can be granted to it.
 RUN groupadd --system --gid 10001 latchkey \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app \
        --shell /usr/sbin/nologin latchkey \
-    && mkdir /app \
-    && chown latchkey:latchkey /app
+    && mkdir /app /keys \
+    && chown latchkey:latchkey /app \
+    && chown latchkey:latchkey /keys && chmod 700 /keys
 
 COPY --from=builder /usr/local/bin/latchkey /usr/local/bin/latchkey
 

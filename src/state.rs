@@ -1,10 +1,10 @@
 //! Shared state handed to every endpoint: one `Arc` around the service's handles.
 
-use std::{ops::Deref, sync::Arc};
+use std::{ops::Deref, path::PathBuf, sync::Arc};
 
 use crate::{
     accounts::Accounts, auth::tokens::TokenService, config::Settings, db::Database,
-    telemetry::metrics::Metrics,
+    session::memory::MemoryStore, telemetry::metrics::Metrics,
 };
 
 /// What every endpoint can reach, as one `Arc`: poem attaches a clone of it to every request,
@@ -37,4 +37,6 @@ pub struct Services {
     pub db: Database,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    /// The embedded default's in-process sessions and the file they are kept in between runs.
+    pub session_snapshot: Option<(Arc<MemoryStore>, PathBuf)>,
 }

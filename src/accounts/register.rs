@@ -42,14 +42,17 @@ impl Accounts {
         self.limits
             .check(Rule::RegisterPerIp, &client.ip_key())
             .await?;
+        // Compared as given, so a short password and a different confirmation are both told.
+        let mismatch = matches!(
+            (&form.password, &form.password_confirm),
+            (Some(password), Some(confirm)) if password != confirm
+        );
         let mut v = Validator::new();
         let name = v.name("name", form.name);
         let email = v.email("email", form.email);
         let password = v.new_password("password", form.password);
-        let confirm = v.required("password_confirm", form.password_confirm);
-        if let (Some(password), Some(confirm)) = (&password, &confirm)
-            && password != confirm
-        {
+        v.required("password_confirm", form.password_confirm);
+        if mismatch {
             v.fail("password_confirm", "must equal password");
         }
         let ((name, email), password) = v.finish(name.zip(email).zip(password))?;

@@ -11,6 +11,7 @@ use super::{
     ApiTags,
     error::{Failure, error_set},
     guard::{Admin, RequireRole},
+    json_body::JsonBody,
     request::{Text, client, text},
     users::UserResponse,
 };
@@ -240,7 +241,7 @@ impl AdminApi {
         req: &poem::Request,
         admin: RequireRole<Admin>,
         id: Path<Uuid>,
-        body: Json<AdminUpdateRequest>,
+        body: JsonBody<AdminUpdateRequest>,
     ) -> Result<AdminUserResult, Failure<AdminUpdateErrors>> {
         let update = AdminUpdate {
             role: text(body.0.role),

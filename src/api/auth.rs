@@ -9,6 +9,7 @@ use super::{
     cookies::{CookiePolicy, REFRESH_COOKIE},
     error::{ApiError, Failure, error_set},
     guard::Authenticated,
+    json_body::JsonBody,
     request::{OptionalJson, Text, client, provenance, text},
     users::{UserEnvelope, UserResponse},
 };
@@ -145,7 +146,7 @@ impl AuthApi {
         &self,
         state: poem::web::Data<&AppState>,
         req: &Request,
-        body: Json<RegisterRequest>,
+        body: JsonBody<RegisterRequest>,
     ) -> Result<RegisterResult, Failure<RegisterErrors>> {
         let body = body.0;
         let form = Registration {
@@ -169,7 +170,7 @@ impl AuthApi {
         &self,
         state: poem::web::Data<&AppState>,
         req: &Request,
-        body: Json<LoginRequest>,
+        body: JsonBody<LoginRequest>,
     ) -> Result<TokenResult, Failure<LoginErrors>> {
         let (email, password) = (text(body.0.email), text(body.0.password));
         let signed_in = state
@@ -207,7 +208,7 @@ impl AuthApi {
                     .get(REFRESH_COOKIE)
                     .map(|c| c.value_str().to_owned())
                     .filter(|t| !t.is_empty())
-                    .ok_or_else(ApiError::missing_token)?;
+                    .ok_or_else(ApiError::missing_refresh_token)?;
                 // The browser attached this cookie by itself: make sure the page is ours.
                 csrf::check(provenance(req), &state.settings.http.allowed_origins)?;
                 cookie

@@ -231,6 +231,24 @@ impl ApiError {
         )
     }
 
+    /// A refresh without a refresh token.
+    pub fn missing_refresh_token() -> Self {
+        Self::new(
+            ErrorCode::MissingToken,
+            "a refresh token is required: send {\"refresh_token\": \"...\"} or the \
+             refresh_token cookie",
+        )
+    }
+
+    /// An `Authorization` header of another scheme than Bearer.
+    pub fn wrong_scheme() -> Self {
+        Self::new(
+            ErrorCode::InvalidToken,
+            "the Authorization header must use the Bearer scheme: `Authorization: Bearer <access \
+             token>`",
+        )
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, message)
     }

@@ -37,12 +37,14 @@ pub struct Authenticated {
 pub fn access_token(req: &Request) -> Result<Option<(String, CredentialSource)>, ApiError> {
     if let Some(value) = req.headers().get(poem::http::header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| ApiError::invalid_token())?;
-        let token = value
-            .split_once(' ')
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .filter(|token| !token.is_empty())
-            .ok_or_else(ApiError::invalid_token)?;
+        let (scheme, token) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::wrong_scheme());
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(ApiError::invalid_token());
+        }
         return Ok(Some((token.to_owned(), CredentialSource::Bearer)));
     }
     Ok(req

@@ -7,12 +7,13 @@ use ipnet::IpNet;
 use poem::{Request, RequestBody};
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ExtractParamOptions,
-    payload::{Json, ParsePayload, Payload},
+    payload::{Json, Payload},
     registry::{MetaMediaType, MetaRequest, MetaSchema, MetaSchemaRef, Registry},
     types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
 };
 use serde_json::Value;
 
+use super::error::{ApiError, FieldError};
 use crate::{auth::csrf::Provenance, client::ClientInfo, state::AppState};
 
 /// User agents are stored with sessions; longer ones are cut to this many characters.
@@ -121,9 +122,10 @@ impl<'a, T: ParseFromJSON + ToJSON> ApiExtractor<'a> for OptionalJson<T> {
             }
             None => return Err(poem_openapi::error::ContentTypeError::ExpectContentType.into()),
         }
-        let mut body = RequestBody::new(poem::Body::from_bytes(bytes));
-        let Json(value) = <Json<T> as ParsePayload>::from_request(req, &mut body).await?;
-        Ok(Self(Some(value)))
+        let value = json_object(&bytes, &fields_of::<T>())?;
+        T::parse_from_json(Some(value))
+            .map(|value| Self(Some(value)))
+            .map_err(|_| ApiError::malformed("the request body does not match its schema").into())
     }
 }
 
@@ -181,4 +183,80 @@ impl ToJSON for Text {
 /// Unwraps an optional `Text` field.
 pub fn text(field: Option<Text>) -> Option<String> {
     field.map(Text::into_inner)
+}
+
+/// The fields of a request object and the JSON type each takes, from its schema.
+pub(super) fn fields_of<T: Type>() -> Vec<(&'static str, &'static str)> {
+    let mut registry = Registry::new();
+    T::register(&mut registry);
+    let schema = match T::schema_ref() {
+        MetaSchemaRef::Reference(name) => registry.schemas.get(&name).cloned(),
+        MetaSchemaRef::Inline(schema) => Some(*schema),
+    };
+    schema
+        .map(|schema| {
+            schema
+                .properties
+                .iter()
+                .map(|(name, field)| match field {
+                    MetaSchemaRef::Inline(field) => (*name, field.ty),
+                    MetaSchemaRef::Reference(_) => (*name, "object"),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The body as a JSON object whose fields have their types, or the 400 that says what is off.
+pub(super) fn json_object(
+    bytes: &[u8],
+    fields: &[(&'static str, &'static str)],
+) -> Result<Value, ApiError> {
+    let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::malformed(format!(
+            "the request body is empty: send a JSON object with the fields {}",
+            names.join(", ")
+        )));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|err| {
+        ApiError::malformed(format!("the request body is not valid JSON ({err})"))
+    })?;
+    let Value::Object(object) = &value else {
+        return Err(ApiError::malformed(
+            "the request body must be a JSON object",
+        ));
+    };
+    let wrong: Vec<FieldError> = fields
+        .iter()
+        .filter_map(|(name, ty)| {
+            let given = object.get(*name).filter(|v| !v.is_null())?;
+            let fits = match *ty {
+                "string" => given.is_string(),
+                "boolean" => given.is_boolean(),
+                "integer" => given.is_i64() || given.is_u64(),
+                "number" => given.is_number(),
+                "array" => given.is_array(),
+                _ => given.is_object(),
+            };
+            (!fits).then(|| FieldError {
+                field: (*name).to_owned(),
+                issue: format!("must be {}", article(ty)),
+            })
+        })
+        .collect();
+    if wrong.is_empty() {
+        return Ok(value);
+    }
+    Err(ApiError {
+        details: wrong,
+        ..ApiError::malformed("some fields have the wrong type; see details")
+    })
+}
+
+fn article(ty: &str) -> String {
+    match ty {
+        "integer" | "object" | "array" => format!("an {ty}"),
+        other => format!("a {other}"),
+    }
 }

@@ -1,7 +1,7 @@
 //! `/api/v1/users/me`: the signed-in user's own account.
 
 use chrono::{DateTime, Utc};
-use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -132,7 +132,7 @@ impl UsersApi {
         &self,
         state: poem::web::Data<&AppState>,
         auth: Authenticated,
-        body: Json<UpdateMeRequest>,
+        body: JsonBody<UpdateMeRequest>,
     ) -> Result<UserResult, Failure<RenameErrors>> {
         let user = state
             .accounts
@@ -155,7 +155,7 @@ impl UsersApi {
         state: poem::web::Data<&AppState>,
         req: &poem::Request,
         auth: Authenticated,
-        body: Json<ChangePasswordRequest>,
+        body: JsonBody<ChangePasswordRequest>,
     ) -> Result<NoContentResult, Failure<PasswordErrors>> {
         let body = body.0;
         let (current, new) = (text(body.current_password), text(body.new_password));
@@ -176,7 +176,7 @@ impl UsersApi {
         state: poem::web::Data<&AppState>,
         req: &poem::Request,
         auth: Authenticated,
-        body: Json<DeleteAccountRequest>,
+        body: JsonBody<DeleteAccountRequest>,
     ) -> Result<NoContentResult, Failure<DeleteMeErrors>> {
         let client = client(&state, req);
         state

@@ -7,8 +7,20 @@ use crate::{
     config::Settings,
 };
 
-/// `keys generate`: both pairs into `dir`.
-pub async fn generate(dir: PathBuf, bits: usize, force: bool) -> anyhow::Result<()> {
+/// `keys generate`: both pairs into `dir`. With `if_missing`, a directory that has its keys
+/// (the four files, or a manifest) is left alone.
+pub async fn generate(
+    dir: PathBuf,
+    bits: usize,
+    force: bool,
+    if_missing: bool,
+) -> anyhow::Result<()> {
+    let paths = KeyPaths::in_dir(&dir);
+    let present = dir.join(keys::MANIFEST_FILE).exists() || paths.all().iter().all(|p| p.exists());
+    if if_missing && present {
+        println!("{} has its keys: nothing to do", dir.display());
+        return Ok(());
+    }
     let paths =
         tokio::task::spawn_blocking(move || keys::generate_key_dir(&dir, bits, force)).await??;
     println!(
@@ -104,7 +116,9 @@ pub fn list_keys(manifest: &Manifest, now: chrono::DateTime<chrono::Utc>) -> Str
             entry.kid,
             manifest.state(i, now).as_str(),
             time(entry.created_at),
-            time(entry.signs_from),
+            // No key signs before it exists: a single key's "from the beginning" reads as its
+            // creation.
+            time(entry.signs_from.max(entry.created_at)),
             entry.retires_at.map_or_else(|| "-".to_owned(), time),
         ));
     }

@@ -59,8 +59,11 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = DEFAULT_BITS)]
         bits: usize,
         /// Replace existing key files (tokens signed by the old keys stop verifying).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "if_missing")]
         force: bool,
+        /// Do nothing when the directory already has its keys (a container's first start).
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Add a new key pair of one kind: published in the JWKS at once, signing only after
     /// `--delay` seconds. The key it replaces keeps verifying until its tokens have expired.
@@ -145,7 +148,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve().await,
         Command::Keys { command } => match command {
-            KeysCommand::Generate { dir, bits, force } => keys::generate(dir, bits, force).await,
+            KeysCommand::Generate {
+                dir,
+                bits,
+                force,
+                if_missing,
+            } => keys::generate(dir, bits, force, if_missing).await,
             KeysCommand::Rotate {
                 kind,
                 dir,
@@ -177,8 +185,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     crate::telemetry::init(settings.log_format);
-    tracing::info!(settings = ?settings, "starting");
-    Application::build(settings).await?.run().await?;
+    tracing::debug!(settings = ?settings, "starting");
+    let app = Application::build(settings).await?;
+    if app.state().settings.is_production() {
+        tracing::info!(addr = %app.local_addr(), "latchkey listening");
+    } else {
+        println!("{}", app.banner());
+    }
+    app.run().await?;
     Ok(())
 }
 

@@ -4,7 +4,11 @@
 use std::io::Read;
 
 use crate::{
-    accounts::NewAccount, client::ClientInfo, config::Settings, db::entities::user::Role, startup,
+    accounts::NewAccount,
+    client::ClientInfo,
+    config::Settings,
+    db::entities::user::Role,
+    startup::{self, Purpose},
 };
 
 /// `user create`: the password comes from standard input (one line).
@@ -16,7 +20,12 @@ pub async fn create(email: String, name: String, role: Role) -> anyhow::Result<(
         .map(|p| p.strip_suffix('\r').unwrap_or(p))
         .unwrap_or(&password)
         .to_owned();
-    let services = startup::services(Settings::from_env()?).await?;
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password on standard input: pipe it in, e.g. \
+         printf '%s\\n' \"$PASSWORD\" | latchkey user create --email ... --name ..."
+    );
+    let services = startup::services(Settings::from_env()?, Purpose::Command).await?;
     let account = NewAccount {
         name,
         email,
@@ -38,7 +47,7 @@ pub async fn create(email: String, name: String, role: Role) -> anyhow::Result<(
 
 /// `user set-role`.
 pub async fn set_role(email: &str, role: Role) -> anyhow::Result<()> {
-    let services = startup::services(Settings::from_env()?).await?;
+    let services = startup::services(Settings::from_env()?, Purpose::Command).await?;
     let user = services
         .accounts
         .set_role(email, role, &ClientInfo::local())

@@ -122,7 +122,41 @@ pub fn is_unavailable(err: &DbErr) -> bool {
 
 /// Applies every pending migration.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+    let pending = Migrator::get_pending_migrations(db).await?.len();
+    Migrator::up(db, None).await?;
+    if pending > 0 {
+        tracing::info!(applied = pending, "database migrated");
+    }
+    Ok(())
+}
+
+/// The folder of a SQLite database file (`None` for PostgreSQL or an in-memory database): where
+/// the embedded default keeps what else it stores on disk.
+pub fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
+    sqlite_file(url).map(|file| {
+        Path::new(file)
+            .parent()
+            .map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf)
+    })
+}
+
+/// The database of `url` in words, without its password.
+pub fn describe(url: &str) -> String {
+    match sqlite_file(url) {
+        Some(path) => format!("SQLite file {path}"),
+        None if url.starts_with("sqlite") => "SQLite in memory".into(),
+        None => {
+            // Host, port and database only: whatever precedes `@` may hold a password.
+            let target = url.rsplit_once('@').map_or_else(
+                || url.split_once("://").map_or(url, |(_, rest)| rest),
+                |(_, rest)| rest,
+            );
+            format!(
+                "PostgreSQL at {}",
+                target.split('?').next().unwrap_or(target)
+            )
+        }
+    }
 }
 
 /// The file path of a `sqlite://path?...` URL, if it names a file.

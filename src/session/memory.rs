@@ -4,9 +4,13 @@
 //! from that second on; each operation runs under one lock, so rotation is as atomic as the
 //! Redis script. Expired entries are swept as the map is written to.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
@@ -18,7 +22,7 @@ use crate::store::{
     memory::{Locked, Sweep},
 };
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Session {
     info: SessionInfo,
     access_jti: Uuid,
@@ -28,20 +32,20 @@ struct Session {
     grace: Option<Grace>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Grace {
     previous_refresh_jti: Uuid,
     payload: String,
     until: i64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct JtiEntry {
     session_id: Uuid,
     expires_at: i64,
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Inner {
     sessions: HashMap<Uuid, Session>,
     jtis: HashMap<Uuid, JtiEntry>,
@@ -98,6 +102,41 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store holding the sessions saved at `path` by [`MemoryStore::save`] (none if there is
+    /// no such file). The file is removed at once: if this process then crashes, sessions
+    /// revoked meanwhile must not come back from an old snapshot at the next start.
+    pub fn restore(path: &Path) -> Self {
+        let saved = std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Inner>(&bytes).ok());
+        if let Err(err) = std::fs::remove_file(path)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove the session snapshot");
+        }
+        let store = Self::default();
+        if let Some(mut inner) = saved {
+            inner.sweep();
+            let _ = store.inner.update(|live| *live = inner);
+        }
+        store
+    }
+
+    /// Writes the live sessions to `path` (mode 0600: they name clients and token ids), for
+    /// the next start of this instance.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let json = self
+            .inner
+            .read(serde_json::to_vec)
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        std::io::Write::write_all(&mut options.open(path)?, &json)
     }
 
     /// Number of sessions held, expired ones included until the next sweep.

@@ -73,7 +73,7 @@ pub enum RotateOutcome {
 }
 
 /// A session as listed to its owner.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionInfo {
     pub id: Uuid,
     pub user_id: Uuid,

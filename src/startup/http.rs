@@ -39,7 +39,8 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .nest("/docs", ui)
         .at("/openapi.json", spec_json)
         .at("/openapi.yaml", spec_yaml)
-        .at("/metrics", poem::get(metrics_endpoint));
+        .at("/metrics", poem::get(metrics_endpoint))
+        .at("/", poem::get(root));
     Site {
         api: api.into_endpoint(),
         beside,
@@ -62,6 +63,7 @@ struct Site<A> {
 fn beside_label(path: &str) -> Option<&'static str> {
     match path {
         "/metrics" => Some("metrics"),
+        "/" => Some("root"),
         "/openapi.json" | "/openapi.yaml" => Some("openapi"),
         p if p == "/docs" || p.starts_with("/docs/") => Some("docs"),
         _ => None,
@@ -90,6 +92,12 @@ fn error_response(err: poem::Error) -> Response {
         response.set_data(operation);
     }
     response
+}
+
+/// `GET /`: the API's documentation is where a newcomer wants to land.
+#[poem::handler]
+fn root() -> poem::web::Redirect {
+    poem::web::Redirect::see_other("/docs")
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -412,8 +420,9 @@ mod tests {
     use super::beside_label;
 
     #[test]
-    fn only_the_docs_the_spec_and_the_metrics_are_served_beside_the_api() {
+    fn only_the_root_the_docs_the_spec_and_the_metrics_are_served_beside_the_api() {
         for path in [
+            "/",
             "/docs",
             "/docs/",
             "/docs/index.html",
@@ -424,7 +433,6 @@ mod tests {
             assert!(beside_label(path).is_some(), "{path}");
         }
         for path in [
-            "/",
             "/docsx",
             "/metrics/x",
             "/openapi.jsonx",

@@ -4,7 +4,7 @@
 mod http;
 mod tasks;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
@@ -13,7 +13,7 @@ use crate::{
     accounts::{Accounts, Stores},
     audit::Audit,
     auth::{
-        keys::{KeyError, Keys},
+        keys::{KeyError, KeySource, Keys},
         password::PasswordService,
         tokens::TokenService,
     },
@@ -29,26 +29,37 @@ use crate::{
 /// Why the service refused to start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("configuration refused: {0}")]
+    // The messages name the stage only: the cause is the source, and `{:#}` prints the chain.
+    #[error("configuration refused")]
     Config(#[from] ConfigError),
-    #[error("keys refused: {0}")]
+    #[error("keys refused")]
     Keys(#[from] KeyError),
-    #[error("database: {0}")]
+    #[error("database")]
     Database(#[from] sea_orm::DbErr),
-    #[error("cannot reach Redis at REDIS_URL: {0}")]
+    #[error("cannot reach Redis at REDIS_URL")]
     Redis(#[from] BackendError),
     #[error("listening on {addr}: {source}")]
     Bind {
         addr: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+/// What the services are built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The HTTP service: in the embedded default it takes over the sessions kept from its
+    /// last run.
+    Serve,
+    /// One command of the command line: it leaves them for the service.
+    Command,
 }
 
 /// Validates settings, loads keys, connects and migrates the database and connects the
 /// session store and the limits: everything but the listener.
-pub async fn services(settings: Settings) -> Result<Services, StartupError> {
+pub async fn services(settings: Settings, purpose: Purpose) -> Result<Services, StartupError> {
     settings.validate()?;
     let keys = {
         let source = settings.keys.source.clone();
@@ -61,7 +72,7 @@ pub async fn services(settings: Settings) -> Result<Services, StartupError> {
     let db = Database::connect(settings.database.url.expose(), settings.database.pool_size).await?;
     db.migrate().await?;
     let metrics = Arc::new(Metrics::new());
-    let (sessions, limit_store) = stores(&settings).await?;
+    let (sessions, limit_store, session_snapshot) = stores(&settings, purpose).await?;
     let tokens = Arc::new(TokenService::new(keys, settings.tokens.clone()));
     let stores = Stores {
         db: db.clone(),
@@ -78,16 +89,33 @@ pub async fn services(settings: Settings) -> Result<Services, StartupError> {
         db,
         settings: Arc::new(settings),
         metrics,
+        session_snapshot,
     })
 }
 
-/// The session store and the limit store: in Redis when `REDIS_URL` is set, else in process.
-async fn stores(
-    settings: &Settings,
-) -> Result<(Arc<dyn SessionStore>, Arc<dyn LimitStore>), StartupError> {
+/// The session store, the limit store, and for the embedded default the in-process sessions
+/// with the file that keeps them across restarts.
+type Stores3 = (
+    Arc<dyn SessionStore>,
+    Arc<dyn LimitStore>,
+    Option<(Arc<MemoryStore>, PathBuf)>,
+);
+
+/// The session store and the limit store: in Redis when `REDIS_URL` is set, else in process
+/// (the sessions then kept beside a SQLite file between runs, so a restart of `cargo run`
+/// signs nobody out).
+async fn stores(settings: &Settings, purpose: Purpose) -> Result<Stores3, StartupError> {
     let Some(url) = &settings.redis.url else {
-        tracing::info!("REDIS_URL unset: sessions and rate limits stay in process");
-        return Ok((Arc::new(MemoryStore::new()), Arc::new(MemoryLimits::new())));
+        tracing::debug!("REDIS_URL unset: sessions and rate limits stay in process");
+        let snapshot = crate::db::sqlite_dir(settings.database.url.expose())
+            .filter(|_| purpose == Purpose::Serve)
+            .map(|dir| dir.join(SESSION_SNAPSHOT));
+        let sessions = Arc::new(match &snapshot {
+            Some(path) => MemoryStore::restore(path),
+            None => MemoryStore::new(),
+        });
+        let kept = snapshot.map(|path| (sessions.clone(), path));
+        return Ok((sessions, Arc::new(MemoryLimits::new()), kept));
     };
     let redis = RedisClient::new(
         url.expose(),
@@ -100,8 +128,12 @@ async fn stores(
     Ok((
         Arc::new(sessions),
         Arc::new(RedisLimits::new(redis, prefix)),
+        None,
     ))
 }
+
+/// The file beside the SQLite database that keeps the in-process sessions between runs.
+pub const SESSION_SNAPSHOT: &str = "sessions.json";
 
 /// A built, bound, not yet running service.
 pub struct Application {
@@ -113,7 +145,7 @@ pub struct Application {
 impl Application {
     /// Builds the [`services`] and binds the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let services = services(settings).await?;
+        let services = services(settings, Purpose::Serve).await?;
         let http = &services.settings.http;
         if services.settings.is_production() && http.allowed_origins.is_empty() {
             tracing::warn!(
@@ -160,8 +192,42 @@ impl Application {
 
     /// Serves until SIGTERM or Ctrl-C, then finishes in-flight requests.
     pub async fn run(self) -> std::io::Result<()> {
-        tracing::info!(addr = %self.local_addr, "latchkey listening");
         self.run_until(tasks::shutdown_signal()).await
+    }
+
+    /// What a person starting the service needs to know: where it listens, where the docs
+    /// are, what it stores where, and, in development, not to expose it.
+    pub fn banner(&self) -> String {
+        let settings = &self.state.settings;
+        let url = format!("http://{}", self.local_addr);
+        let keys = match &settings.keys.source {
+            KeySource::Files(paths) => {
+                let dir = std::path::absolute(&paths.dir).unwrap_or_else(|_| paths.dir.clone());
+                let generated = self.state.tokens.keys().generated();
+                let note = if generated {
+                    " (NEW development keys, generated now)"
+                } else {
+                    ""
+                };
+                format!("{}{note}", dir.display())
+            }
+            KeySource::Inline(_) => "from the environment (base64 PEM)".into(),
+        };
+        let sessions = match &settings.redis.url {
+            Some(url) => format!("Redis {url:?}"),
+            None => "in process (kept across restarts beside the database file)".into(),
+        };
+        let mode = if settings.is_production() {
+            "production"
+        } else {
+            "development mode: do not expose this instance (README, Production notes)"
+        };
+        format!(
+            "Latchkey {} ({mode})\n  listening  {url}\n  API docs   {url}/docs\n  database   {}\n  \
+             sessions   {sessions}\n  keys       {keys}\n",
+            env!("CARGO_PKG_VERSION"),
+            crate::db::describe(settings.database.url.expose()),
+        )
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests (at most 10 s).
@@ -171,6 +237,7 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
         let mut background = tasks::spawn(&self.state);
+        let state = self.state.clone();
         let result = poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 routes(self.state),
@@ -179,6 +246,14 @@ impl Application {
             )
             .await;
         background.abort_all();
+        if let Some((sessions, path)) = &state.session_snapshot {
+            match sessions.save(path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "sessions kept for the next start")
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot keep the sessions: they end here"),
+            }
+        }
         result
     }
 }

@@ -44,7 +44,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "state", "accounts", "audit", "auth", "client", "config", "db", "limits", "session",
         ],
     ),
-    ("state", &["accounts", "auth", "config", "db", "telemetry"]),
+    (
+        "state",
+        &["accounts", "auth", "config", "db", "session", "telemetry"],
+    ),
     (
         "config",
         &["accounts", "audit", "auth", "limits", "store", "telemetry"],

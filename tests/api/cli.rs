@@ -130,11 +130,29 @@ fn user_create_refuses_a_short_password_from_stdin() {
     );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("at least 8 characters"), "{stderr}");
+    assert!(
+        stderr.contains("password: must be at least 8 characters"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("FieldError"),
+        "no Rust debug output: {stderr}"
+    );
     assert!(
         !stderr.contains("short"),
         "the password is not echoed: {stderr}"
     );
+
+    // Nothing at all on standard input is its own mistake, said as such.
+    let output = latchkey(
+        dir.path(),
+        &["user", "create", "--email", "a@example.com", "--name", "A"],
+        &[("DATABASE_URL", &url)],
+        "",
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no password on standard input"), "{stderr}");
 }
 
 #[test]
@@ -163,7 +181,34 @@ fn keys_generate_writes_0600_private_keys_and_refuses_to_overwrite() {
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
     }
+    // A fresh directory lists both keys with the dates they were made.
+    let output = latchkey(dir.path(), &["keys", "list", "--dir", "k"], &[], "");
+    let listed = String::from_utf8_lossy(&output.stdout);
+    let year = chrono::Utc::now().format("%Y-").to_string();
+    for kind in ["access", "refresh"] {
+        let line = listed.lines().find(|l| l.starts_with(kind)).expect(kind);
+        assert!(line.contains("signing"), "{listed}");
+        assert_eq!(
+            line.matches(&year).count(),
+            2,
+            "created and signs-from dates: {listed}"
+        );
+    }
+
     let before = std::fs::read(keys.join("access_private.pem")).unwrap();
+    // A container's first start generates, every later one finds the keys and goes on.
+    let output = latchkey(
+        dir.path(),
+        &["keys", "generate", "--dir", "k", "--if-missing"],
+        &[],
+        "",
+    );
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("nothing to do"));
+    assert_eq!(
+        std::fs::read(keys.join("access_private.pem")).unwrap(),
+        before
+    );
     let output = latchkey(dir.path(), &["keys", "generate", "--dir", "k"], &[], "");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--force"));
@@ -200,6 +245,11 @@ fn production_startup_refusal_exits_with_the_fix() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("REDIS_URL is not set"), "{stderr}");
+    assert_eq!(
+        stderr.matches("REDIS_URL is not set").count(),
+        1,
+        "said once: {stderr}"
+    );
     // Nothing was created in the working directory.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
@@ -342,4 +392,70 @@ mod set_role_from_the_command_line_revokes_the_users_sessions {
         );
         crate::helpers::assert_session_revoked(&app, user.tokens()).await;
     }
+}
+
+/// What the command line does to accounts is in the audit trail, with `cli` as the actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_made_and_changed_from_the_command_line_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/cli.db?mode=rwc", dir.path().display());
+    let env = [("DATABASE_URL", url.as_str())];
+    for (email, role) in [("root@example.com", "admin"), ("bob@example.com", "user")] {
+        let args = [
+            "user", "create", "--email", email, "--name", "Someone", "--role", role,
+        ];
+        let output = latchkey(dir.path(), &args, &env, "an admin password\n");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let args = [
+        "user",
+        "set-role",
+        "--email",
+        "bob@example.com",
+        "--role",
+        "admin",
+    ];
+    let output = latchkey(dir.path(), &args, &env, "");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let app = TestApp::spawn_with(Backend::Embedded, |s| s.database.url = url.clone().into()).await;
+    let (_, login) =
+        status_and_json(app.login("root@example.com", "an admin password").await).await;
+    let token = login["access_token"].as_str().unwrap();
+    let response = app
+        .client
+        .get(app.url("/api/v1/admin/audit?per_page=100"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_and_json(response).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events = body["events"].as_array().unwrap();
+    let of = |kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["event_type"] == kind)
+            .collect::<Vec<_>>()
+    };
+    let registered = of("registered");
+    assert_eq!(registered.len(), 2, "{body}");
+    assert!(
+        registered.iter().all(|e| e["detail"]["by"] == "cli"),
+        "{body}"
+    );
+    assert!(registered.iter().any(|e| e["detail"]["role"] == "admin"));
+    let changed = of("role_changed");
+    assert_eq!(changed.len(), 1, "{body}");
+    assert_eq!(changed[0]["detail"]["by"], "cli");
+    assert_eq!(changed[0]["detail"]["from"], "user");
+    assert_eq!(changed[0]["detail"]["to"], "admin");
 }

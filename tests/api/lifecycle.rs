@@ -154,7 +154,7 @@ async fn register_reports_every_broken_rule(app: TestApp) {
         .iter()
         .map(|d| d["field"].as_str().unwrap())
         .collect();
-    assert_eq!(fields, ["name", "email", "password"]);
+    assert_eq!(fields, ["name", "email", "password", "password_confirm"]);
 
     let response = app
         .post_json(

@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod cookies;
 mod database;
+mod first_run;
 mod hardening;
 mod health_and_docs;
 mod keys;

@@ -82,12 +82,18 @@ impl Manifest {
                 &read_key_file(private)?,
                 Some(&read_key_file(public)?),
             )?;
+            // A single key signs from the beginning; when it was made is when its file was
+            // last written.
+            let created_at = fs::metadata(private)
+                .and_then(|meta| meta.modified())
+                .map(DateTime::<Utc>::from)
+                .unwrap_or(DateTime::UNIX_EPOCH);
             keys.push(ManifestEntry {
                 kind,
                 kid: key.kid,
                 private_key: relative_name(&paths.dir, private)?,
                 public_key: relative_name(&paths.dir, public)?,
-                created_at: DateTime::UNIX_EPOCH,
+                created_at,
                 signs_from: DateTime::UNIX_EPOCH,
                 retires_at: None,
             });

@@ -275,6 +275,8 @@ impl ManagedKey {
 pub struct Keys {
     access: Vec<ManagedKey>,
     refresh: Vec<ManagedKey>,
+    /// Whether this load generated development keys (the startup banner says so).
+    generated: bool,
 }
 
 impl Keys {
@@ -282,11 +284,15 @@ impl Keys {
     /// manifest and none of the four files gets fresh keys first (loudly). Every problem is a
     /// startup refusal (production never passes `generate_missing`).
     pub fn load(source: &KeySource, rules: LoadRules) -> Result<Self, KeyError> {
+        let mut generated = false;
         let entries = match source {
             KeySource::Files(paths) if paths.dir.join(MANIFEST_FILE).exists() => {
                 load_manifest(&paths.dir, rules)?
             }
-            KeySource::Files(paths) => load_single_key_dir(paths, rules)?,
+            KeySource::Files(paths) => {
+                generated = generate_if_none(paths, rules)?;
+                load_single_key_dir(paths, rules)?
+            }
             KeySource::Inline(inline) => vec![
                 from_start(
                     KeyKind::Access,
@@ -303,6 +309,7 @@ impl Keys {
         let mut keys = Keys {
             access: Vec::new(),
             refresh: Vec::new(),
+            generated,
         };
         for (kind, key) in entries {
             keys.list_mut(kind).push(key);
@@ -311,6 +318,11 @@ impl Keys {
         keys.refresh.sort_by_key(|k| k.signs_from);
         keys.check()?;
         Ok(keys)
+    }
+
+    /// Whether loading generated fresh development keys.
+    pub fn generated(&self) -> bool {
+        self.generated
     }
 
     fn list_mut(&mut self, kind: KeyKind) -> &mut Vec<ManagedKey> {
@@ -443,22 +455,30 @@ fn load_manifest(dir: &Path, rules: LoadRules) -> Result<Vec<(KeyKind, ManagedKe
 }
 
 /// The four files of a single-key setup; in development, generated first when none exists.
+/// In development, a key directory with none of the four files gets fresh keys; whether it did.
+fn generate_if_none(paths: &KeyPaths, rules: LoadRules) -> Result<bool, KeyError> {
+    let none = paths.all().into_iter().all(|p| !p.exists());
+    if !(none && rules.generate_missing) {
+        return Ok(false);
+    }
+    tracing::warn!(
+        dir = %paths.dir.display(),
+        "no RSA keys found: generating DEVELOPMENT keys. Never use these in production; \
+         run `latchkey keys generate` and set APP_ENV=production there"
+    );
+    for kind in KeyKind::ALL {
+        let (private, public) = paths.pair(kind);
+        generate::generate_pair_files(private, public, DEFAULT_BITS, false)?;
+    }
+    Ok(true)
+}
+
 fn load_single_key_dir(
     paths: &KeyPaths,
     rules: LoadRules,
 ) -> Result<Vec<(KeyKind, ManagedKey)>, KeyError> {
     let missing: Vec<&PathBuf> = paths.all().into_iter().filter(|p| !p.exists()).collect();
-    if missing.len() == 4 && rules.generate_missing {
-        tracing::warn!(
-            dir = %paths.dir.display(),
-            "no RSA keys found: generating DEVELOPMENT keys. Never use these in production; \
-             run `latchkey keys generate` and set APP_ENV=production there"
-        );
-        for kind in KeyKind::ALL {
-            let (private, public) = paths.pair(kind);
-            generate::generate_pair_files(private, public, DEFAULT_BITS, false)?;
-        }
-    } else if let Some(path) = missing.first() {
+    if let Some(path) = missing.first() {
         return Err(KeyError::Missing {
             path: path.to_path_buf(),
             dir: path
