@@ -57,8 +57,17 @@ pub fn access_token(req: &Request) -> Result<Option<(String, CredentialSource)>,
 
 /// Runs the whole guard for a request.
 pub async fn authenticate(state: &AppState, req: &Request) -> Result<Authenticated, ApiError> {
+    authenticate_for(state, req, req.method()).await
+}
+
+/// The guard for a request made with `method` (forward auth checks the proxied request's).
+pub async fn authenticate_for(
+    state: &AppState,
+    req: &Request,
+    method: &poem::http::Method,
+) -> Result<Authenticated, ApiError> {
     let (token, source) = access_token(req)?.ok_or_else(ApiError::missing_token)?;
-    if source == CredentialSource::Cookie && csrf::is_unsafe(req.method()) {
+    if source == CredentialSource::Cookie && csrf::is_unsafe(method) {
         csrf::check(provenance(req), &state.settings.http.allowed_origins)?;
     }
     let caller = state.accounts.authenticate(&token).await?;

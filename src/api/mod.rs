@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cookies;
+pub mod discovery;
 pub mod error;
 pub mod guard;
 pub mod health;
@@ -27,6 +28,8 @@ pub enum ApiTags {
     Users,
     /// Public keys for verifying access tokens elsewhere.
     Keys,
+    /// For other services: discovery, userinfo and forward auth for reverse proxies.
+    Discovery,
     /// Account administration (admins only).
     Admin,
     /// Liveness and readiness probes.
@@ -52,6 +55,7 @@ pub type Api = (
     users::UsersApi,
     admin::AdminApi,
     jwks::JwksApi,
+    discovery::DiscoveryApi,
     health::HealthApi,
 );
 
@@ -63,6 +67,7 @@ pub fn service() -> OpenApiService<Api, ()> {
             users::UsersApi,
             admin::AdminApi,
             jwks::JwksApi,
+            discovery::DiscoveryApi,
             health::HealthApi,
         ),
         "Latchkey",

@@ -43,6 +43,9 @@ pub struct UserResponse {
     pub email: String,
     /// `user` or `admin`.
     pub role: String,
+    /// Whether the user proved the address (a verification link, a password reset, a
+    /// confirmed change of address).
+    pub email_verified: bool,
     #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339")]
@@ -61,6 +64,7 @@ impl From<user::Model> for UserResponse {
             name: user.name,
             email: user.email,
             role: user.role.as_str().to_owned(),
+            email_verified: user.email_verified_at.is_some(),
             created_at: user.created_at,
             updated_at: user.updated_at,
         }
@@ -206,6 +210,7 @@ mod tests {
                 name: "Ada \"Countess\" Lovelace".into(),
                 email: "ada@example.com".into(),
                 role: "admin".into(),
+                email_verified: true,
                 created_at: at,
                 updated_at: at + chrono::Duration::days(1),
             },

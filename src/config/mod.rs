@@ -69,6 +69,10 @@ impl fmt::Debug for SecretUrl {
 pub struct HttpSettings {
     pub host: String,
     pub port: u16,
+    /// The service's external base URL (`PUBLIC_URL`), without a trailing slash: the issuer
+    /// of its tokens by default, and the base of the URLs it hands out (discovery, mail
+    /// links). `None` until resolved in development: `http://HOST:PORT`.
+    pub public_url: Option<String>,
     /// Longest time a request may take before 503 (`REQUEST_TIMEOUT_SECS`).
     pub request_timeout: Duration,
     /// Origins allowed to send cookie-authenticated unsafe requests, and to read answers.
@@ -219,6 +223,30 @@ impl Settings {
 
     pub fn is_production(&self) -> bool {
         self.environment == Environment::Production
+    }
+
+    /// Fills in the development defaults that depend on where the service listens: the public
+    /// URL (`http://HOST:PORT`, with the port actually bound when one is given) and the issuer
+    /// when `JWT_ISSUER` and `PUBLIC_URL` are unset.
+    pub fn resolve_public_url(&mut self, bound: Option<std::net::SocketAddr>) {
+        let http = &mut self.http;
+        if http.public_url.is_none() {
+            let port = bound.map_or(http.port, |addr| addr.port());
+            let host = match http.host.as_str() {
+                "0.0.0.0" | "::" | "[::]" => "localhost".to_owned(),
+                host if host.contains(':') && !host.starts_with('[') => format!("[{host}]"),
+                host => host.to_owned(),
+            };
+            http.public_url = Some(format!("http://{host}:{port}"));
+        }
+        if self.tokens.issuer.is_empty() {
+            self.tokens.issuer = http.public_url.clone().unwrap_or_default();
+        }
+    }
+
+    /// The public URL (resolved: see [`Settings::resolve_public_url`]).
+    pub fn public_url(&self) -> &str {
+        self.http.public_url.as_deref().unwrap_or_default()
     }
 }
 

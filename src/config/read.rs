@@ -75,6 +75,9 @@ fn http(vars: &Vars<'_>, production: bool) -> Result<HttpSettings, ConfigError> 
     Ok(HttpSettings {
         host: vars.get("HOST").unwrap_or_else(|| "127.0.0.1".into()),
         port,
+        public_url: vars
+            .get("PUBLIC_URL")
+            .map(|url| url.trim_end_matches('/').to_owned()),
         request_timeout: vars.secs("REQUEST_TIMEOUT_SECS", 30)?,
         allowed_origins,
         trusted_proxies: vars.nets("TRUSTED_PROXIES")?,
@@ -142,7 +145,12 @@ fn keys(vars: &Vars<'_>, production: bool) -> Result<KeySettings, ConfigError> {
 
 fn tokens(vars: &Vars<'_>) -> Result<TokenSettings, ConfigError> {
     Ok(TokenSettings {
-        issuer: vars.get("JWT_ISSUER").unwrap_or_else(|| "latchkey".into()),
+        // Empty: the public URL, once known (see `Settings::resolve_public_url`).
+        issuer: vars
+            .get("JWT_ISSUER")
+            .or_else(|| vars.get("PUBLIC_URL"))
+            .map(|issuer| issuer.trim_end_matches('/').to_owned())
+            .unwrap_or_default(),
         audience: vars
             .get("JWT_AUDIENCE")
             .unwrap_or_else(|| "latchkey".into()),

@@ -117,7 +117,42 @@ fn is_origin(origin: &str) -> bool {
         && !rest.contains(['/', '?', '#', '@', ' '])
 }
 
+/// An absolute http(s) URL with a host and no query or fragment.
+fn is_base_url(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.starts_with('/')
+        && !rest.contains(['?', '#', ' ', '@'])
+}
+
+/// `http://localhost`, `http://127.0.0.1` or `http://[::1]` (any port or path): browsers treat
+/// these as secure contexts, and nothing off the machine can reach them.
+fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix("[::1]") {
+        Some(port) => return port.is_empty() || port.starts_with(':'),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    matches!(host, "localhost" | "127.0.0.1")
+}
+
 fn http(settings: &Settings) -> Result<(), ConfigError> {
+    if let Some(url) = &settings.http.public_url
+        && !is_base_url(url)
+    {
+        return Err(ConfigError::refused(
+            "PUBLIC_URL",
+            url,
+            "is not a base URL: write scheme://host[:port][/path], e.g. \
+             https://auth.example.com",
+        ));
+    }
     for origin in &settings.http.allowed_origins {
         if !is_origin(origin) {
             return Err(ConfigError::refused(
@@ -202,6 +237,31 @@ fn hashing(settings: &Settings) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Production names its external https URL.
+fn public_url(settings: &Settings) -> Result<(), ConfigError> {
+    match &settings.http.public_url {
+        None => {
+            return Err(ConfigError::Missing {
+                var: "PUBLIC_URL",
+                fix: "production needs the service's external https URL (the tokens' issuer, \
+                      the base of discovery and mail links), e.g. \
+                      PUBLIC_URL=https://auth.example.com"
+                    .into(),
+            });
+        }
+        Some(url) if !url.starts_with("https://") && !is_loopback_http(url) => {
+            return Err(ConfigError::refused(
+                "PUBLIC_URL",
+                url,
+                "must be https in production (or http on localhost): tokens and links name \
+                 it, and browsers reach it",
+            ));
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
 /// Production hashes at least at OWASP's minimum for argon2id (the defaults): cheaper
 /// parameters make stolen hashes cheap to crack.
 fn argon2_floor(settings: &Settings) -> Result<(), ConfigError> {
@@ -256,6 +316,7 @@ fn production(settings: &Settings) -> Result<(), ConfigError> {
         ));
     }
     argon2_floor(settings)?;
+    public_url(settings)?;
     if settings.keys.generate_missing {
         return Err(ConfigError::Missing {
             var: "ACCESS_TOKEN_PRIVATE_KEY_PATH",

@@ -49,6 +49,7 @@ impl<'a> Users<'a> {
             password_hash: Set(PasswordHash::new(new.password_hash)),
             role: Set(new.role),
             disabled: Set(false),
+            email_verified_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         }

@@ -59,8 +59,9 @@ pub enum Purpose {
 
 /// Validates settings, loads keys, connects and migrates the database and connects the
 /// session store and the limits: everything but the listener.
-pub async fn services(settings: Settings, purpose: Purpose) -> Result<Services, StartupError> {
+pub async fn services(mut settings: Settings, purpose: Purpose) -> Result<Services, StartupError> {
     settings.validate()?;
+    settings.resolve_public_url(None);
     let keys = {
         let source = settings.keys.source.clone();
         let rules = settings.keys.load_rules();
@@ -144,10 +145,10 @@ pub struct Application {
 
 impl Application {
     /// Builds the [`services`] and binds the listener (port 0 picks a free port).
-    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let services = services(settings, Purpose::Serve).await?;
-        let http = &services.settings.http;
-        if services.settings.is_production() && http.allowed_origins.is_empty() {
+    pub async fn build(mut settings: Settings) -> Result<Self, StartupError> {
+        settings.validate()?;
+        let http = &settings.http;
+        if settings.is_production() && http.allowed_origins.is_empty() {
             tracing::warn!(
                 "ALLOWED_ORIGINS is empty: browsers can use cookies only for safe requests \
                  (every cookie-authenticated POST/PATCH/DELETE, cookie refresh included, gets 403)"
@@ -171,6 +172,9 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .ok_or_else(|| StartupError::Other(anyhow::anyhow!("no local address for {addr}")))?;
+        // The port is known now (port 0 picks one): the development public URL names it.
+        settings.resolve_public_url(Some(local_addr));
+        let services = services(settings, Purpose::Serve).await?;
         Ok(Self {
             acceptor,
             local_addr,

@@ -17,6 +17,7 @@ fn production_vars() -> HashMap<String, String> {
     let b64 = |pem: &str| STANDARD.encode(pem);
     [
         ("APP_ENV", "production".to_owned()),
+        ("PUBLIC_URL", "https://auth.example.com".to_owned()),
         (
             "DATABASE_URL",
             "postgres://latchkey@127.0.0.1:1/none".into(),
@@ -383,4 +384,50 @@ async fn production_refuses_private_key_files_others_can_read() {
         "{message}"
     );
     assert!(message.contains("chmod 600"), "{message}");
+}
+
+#[test]
+fn production_needs_an_https_public_url_which_is_the_default_issuer() {
+    let mut vars = production_vars();
+    vars.remove("PUBLIC_URL");
+    let message = refusal(&vars);
+    assert!(
+        message.contains("PUBLIC_URL") && message.contains("https://"),
+        "{message}"
+    );
+    for refused in [
+        "http://auth.example.com",
+        "http://localhost.example.com",
+        "http://127.0.0.1.example.com:8000",
+        "auth.example.com",
+        "https://auth.example.com/?next=x",
+    ] {
+        vars.insert("PUBLIC_URL".into(), refused.into());
+        let message = refusal(&vars);
+        assert!(message.contains("PUBLIC_URL"), "{refused}: {message}");
+    }
+    // Loopback http is a secure context for browsers (the docker-compose demo on localhost).
+    for accepted in [
+        "http://localhost:8000",
+        "http://127.0.0.1:8000/auth",
+        "http://[::1]:8000",
+    ] {
+        vars.insert("PUBLIC_URL".into(), accepted.into());
+        let settings = Settings::from_vars(&vars).unwrap_or_else(|e| panic!("{accepted}: {e}"));
+        assert_eq!(settings.tokens.issuer, accepted);
+    }
+
+    vars.insert("PUBLIC_URL".into(), "https://auth.example.com/".into());
+    let settings = Settings::from_vars(&vars).expect("accepted");
+    assert_eq!(settings.public_url(), "https://auth.example.com");
+    assert_eq!(
+        settings.tokens.issuer, "https://auth.example.com",
+        "no trailing slash"
+    );
+    vars.insert("JWT_ISSUER".into(), "latchkey".into());
+    let settings = Settings::from_vars(&vars).expect("accepted");
+    assert_eq!(
+        settings.tokens.issuer, "latchkey",
+        "JWT_ISSUER keeps old tokens valid"
+    );
 }

@@ -119,6 +119,8 @@ async fn an_embedded_restart_keeps_sessions_and_revocations() {
     settings.database.url =
         format!("sqlite://{}/latchkey.db?mode=rwc", dir.path().display()).into();
     settings.redis.url = None;
+    // `cargo run` listens on the same port every time, and so has the same issuer.
+    settings.http.public_url = Some("http://127.0.0.1:8000".into());
     let client = reqwest::Client::new();
     let start = |settings: latchkey::config::Settings| async move {
         let app = Application::build(settings).await.unwrap();

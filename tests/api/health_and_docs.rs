@@ -69,7 +69,7 @@ async fn jwks_publishes_only_the_access_key(app: TestApp) {
     .unwrap();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_audience(&["latchkey"]);
-    validation.set_issuer(&["latchkey"]);
+    validation.set_issuer(&[&app.state.settings.tokens.issuer]);
     let verified = jsonwebtoken::decode::<Value>(&user.tokens().access, &decoding, &validation);
     assert!(verified.is_ok(), "{verified:?}");
     // ...and is the configured access key; the refresh key is not published.

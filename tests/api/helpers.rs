@@ -201,6 +201,10 @@ pub enum Group {
     Redis,
     /// A `redis-server` binary the test starts itself (an outage it controls).
     RedisServerBinary,
+    /// An `nginx` binary (forward auth through a real reverse proxy).
+    Nginx,
+    /// Python 3 with PyJWT and cryptography (a verifier outside Rust).
+    PyJwt,
 }
 
 impl Group {
@@ -209,6 +213,8 @@ impl Group {
             Group::PostgresRedis => "postgres_redis (PostgreSQL + Redis)",
             Group::Redis => "redis_* store contract",
             Group::RedisServerBinary => "own redis-server (Redis outage)",
+            Group::Nginx => "nginx forward auth",
+            Group::PyJwt => "PyJWT verifier",
         }
     }
 }
@@ -226,11 +232,9 @@ pub fn available(group: Group) -> bool {
         .flatten()
         .next(),
         Group::Redis => reachable(&redis_url(), 6379),
-        Group::RedisServerBinary => std::process::Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-            .then(|| "no redis-server binary on PATH".to_owned()),
+        Group::RedisServerBinary => missing_program("redis-server", &["--version"]),
+        Group::Nginx => missing_program("nginx", &["-v"]),
+        Group::PyJwt => missing_program("python3", &["-c", "import jwt, cryptography"]),
     };
     let Some(missing) = missing else {
         return true;
@@ -249,11 +253,24 @@ pub fn available(group: Group) -> bool {
             std::io::stderr(),
             "note: skipping the {} tests: {missing}. To run them, install PostgreSQL and Redis \
              (README, Tests), point LATCHKEY_TEST_DATABASE_URL / LATCHKEY_TEST_REDIS_URL at \
-             yours, or run `bash .ci/run`",
+             yours, or run `bash .ci/run` (which also installs nginx and PyJWT)",
             group.name()
         );
     }
     false
+}
+
+/// `None` when `program args` runs and succeeds, else what is missing.
+fn missing_program(program: &str, args: &[&str]) -> Option<String> {
+    let ran = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    match ran {
+        Ok(status) if status.success() => None,
+        _ => Some(format!("`{program} {}` does not run here", args.join(" "))),
+    }
 }
 
 /// `None` when a TCP connection to the URL's host and port opens within a second, else why not.
@@ -417,7 +434,6 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub state: AppState,
-    settings: Settings,
     log_start: usize,
     shutdown: Option<oneshot::Sender<()>>,
     // Declared last: dropped after the server has been told to stop.
@@ -468,7 +484,6 @@ impl TestApp {
                 .build()
                 .expect("http client"),
             state,
-            settings,
             log_start,
             shutdown: Some(tx),
             _provisioned: provisioned,
@@ -483,7 +498,9 @@ impl TestApp {
 
     /// A second instance on the same backends, with some settings changed.
     pub async fn spawn_sibling_with(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
-        let mut settings = self.settings.clone();
+        // The first instance's settings as it resolved them: the same public URL and issuer,
+        // as instances behind one load balancer share.
+        let mut settings = (*self.state.settings).clone();
         configure(&mut settings);
         Self::start(
             settings,

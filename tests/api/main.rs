@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod cookies;
 mod database;
+mod discovery;
 mod first_run;
 mod hardening;
 mod health_and_docs;
@@ -18,14 +19,14 @@ mod lifecycle;
 mod limit_store;
 mod malformed;
 mod observability;
+mod products;
 mod proxy;
 mod secrets;
 mod session_store;
 mod sessions;
 mod token_security;
-mod verifier;
 
-/// The verifier example other services copy, driven by `verifier.rs` (its `main` is unused here).
+/// The example service other services copy, driven by `products.rs` (its `main` is unused here).
 #[allow(dead_code)]
-#[path = "../../examples/verify_service.rs"]
-mod verify_service;
+#[path = "../../examples/products_service.rs"]
+mod products_service;

@@ -68,6 +68,8 @@ pub struct Model {
     pub password_hash: PasswordHash,
     pub role: Role,
     pub disabled: bool,
+    /// When the address was proved; `None` while it is not.
+    pub email_verified_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
