@@ -30,6 +30,14 @@ pub enum EventType {
     UserDisabled,
     UserEnabled,
     UserDeleted,
+    EmailVerificationRequested,
+    EmailVerified,
+    PasswordResetRequested,
+    PasswordReset,
+    EmailChangeRequested,
+    EmailChanged,
+    MailSent,
+    MailDeliveryFailed,
 }
 
 impl EventType {
@@ -52,6 +60,14 @@ impl EventType {
             EventType::UserDisabled,
             EventType::UserEnabled,
             EventType::UserDeleted,
+            EventType::EmailVerificationRequested,
+            EventType::EmailVerified,
+            EventType::PasswordResetRequested,
+            EventType::PasswordReset,
+            EventType::EmailChangeRequested,
+            EventType::EmailChanged,
+            EventType::MailSent,
+            EventType::MailDeliveryFailed,
         ]
         .into_iter()
     }
@@ -69,6 +85,14 @@ impl EventType {
             EventType::UserDisabled => "user_disabled",
             EventType::UserEnabled => "user_enabled",
             EventType::UserDeleted => "user_deleted",
+            EventType::EmailVerificationRequested => "email_verification_requested",
+            EventType::EmailVerified => "email_verified",
+            EventType::PasswordResetRequested => "password_reset_requested",
+            EventType::PasswordReset => "password_reset",
+            EventType::EmailChangeRequested => "email_change_requested",
+            EventType::EmailChanged => "email_changed",
+            EventType::MailSent => "mail_sent",
+            EventType::MailDeliveryFailed => "mail_delivery_failed",
         }
     }
 }

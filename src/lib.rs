@@ -1,9 +1,9 @@
 //! Latchkey: a self-hosted authentication service issuing RS256 JWTs with revocable sessions.
 //!
 //! The layers, top down (each uses only those below it): `cli` (the entry) -> `startup` ->
-//! `api` (HTTP adapters) -> `state` -> `accounts` (the flows) -> `audit`, `auth`, `session`,
-//! `limits`, `db` -> `store`, `client`, `telemetry`; `config` reads the settings each layer
-//! defines.
+//! `api` (HTTP adapters) -> `state` -> `accounts` (the flows) -> `mail`, `audit`, `auth`,
+//! `session`, `limits`, `db` -> `store`, `client`, `telemetry`; `config` reads the settings
+//! each layer defines.
 
 /// Every account flow: register, login, refresh, logout, profile and admin changes, the guard.
 pub mod accounts;
@@ -23,6 +23,8 @@ pub mod config;
 pub mod db;
 /// Rate limits and login backoff (Redis or in-process).
 pub mod limits;
+/// Mail templates, SMTP and the development outbox folder, and the delivery worker.
+pub mod mail;
 /// Revocable session and token-id storage (Redis or in-process).
 pub mod session;
 /// Building and running the HTTP application.

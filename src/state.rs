@@ -3,8 +3,13 @@
 use std::{ops::Deref, path::PathBuf, sync::Arc};
 
 use crate::{
-    accounts::Accounts, auth::tokens::TokenService, config::Settings, db::Database,
-    session::memory::MemoryStore, telemetry::metrics::Metrics,
+    accounts::Accounts,
+    auth::tokens::TokenService,
+    config::Settings,
+    db::Database,
+    mail::{MailQueue, Mailer},
+    session::memory::MemoryStore,
+    telemetry::metrics::Metrics,
 };
 
 /// What every endpoint can reach, as one `Arc`: poem attaches a clone of it to every request,
@@ -39,4 +44,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// The embedded default's in-process sessions and the file they are kept in between runs.
     pub session_snapshot: Option<(Arc<MemoryStore>, PathBuf)>,
+    /// Where the delivery worker sends mail (`None`: no worker, as for a command, or with
+    /// `EMAIL_FLOWS=off`), and how flows wake it.
+    pub mailer: Option<Arc<Mailer>>,
+    pub mail_queue: MailQueue,
 }

@@ -5,6 +5,7 @@ mod m20261123_000001_create_users;
 mod m20261123_000002_create_audit_events;
 mod m20261203_000003_index_audit_events_time;
 mod m20261203_000004_add_users_email_verified_at;
+mod m20261203_000005_create_link_tokens_and_mail_outbox;
 
 /// Applies Latchkey's migrations in order; the server runs it at start.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_create_audit_events::Migration),
             Box::new(m20261203_000003_index_audit_events_time::Migration),
             Box::new(m20261203_000004_add_users_email_verified_at::Migration),
+            Box::new(m20261203_000005_create_link_tokens_and_mail_outbox::Migration),
         ]
     }
 }

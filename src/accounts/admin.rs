@@ -15,6 +15,7 @@ use crate::{
         audit::AuditFilter,
         entities::{
             audit_event,
+            mail_outbox::{self, Status},
             user::{self, Role},
         },
         users::{AdminChange, ChangeOutcome, UserFilter},
@@ -112,6 +113,35 @@ impl Accounts {
         };
         let (page_no, size) = (page.unsigned_abs(), per_page.unsigned_abs());
         let (items, total) = self.db.audit().list(&filter, page_no, size).await?;
+        Ok(Page {
+            items,
+            page,
+            per_page,
+            total,
+        })
+    }
+
+    /// A page of the mail outbox, oldest first: what is waiting, and what failed for good
+    /// (`status`: `pending`, `sending` or `dead`).
+    pub async fn mail_outbox(
+        &self,
+        query: PageQuery,
+        status: Option<String>,
+    ) -> Result<Page<mail_outbox::Model>, AccountError> {
+        let mut v = Validator::new();
+        let paging = pagination(&mut v, query);
+        let status = status.and_then(|raw| {
+            let known = [Status::Pending, Status::Sending, Status::Dead]
+                .into_iter()
+                .find(|s| s.as_str() == raw.trim());
+            if known.is_none() {
+                v.fail("status", "must be pending, sending or dead");
+            }
+            known
+        });
+        let (page, per_page) = v.finish(paging)?;
+        let (page_no, size) = (page.unsigned_abs(), per_page.unsigned_abs());
+        let (items, total) = self.db.outbox().list(status, page_no, size).await?;
         Ok(Page {
             items,
             page,

@@ -23,6 +23,18 @@ pub enum AccountError {
     InvalidCredentials,
     #[error("this account is disabled")]
     AccountDisabled,
+    /// The right password of an account whose address is not proved, under
+    /// `EMAIL_VERIFICATION=required`.
+    #[error(
+        "confirm your email address first: follow the link mailed to you, or ask for a new one"
+    )]
+    EmailNotVerified,
+    /// An emailed link's token that is unknown, used or expired.
+    #[error("this link is invalid or has expired: ask for a new one")]
+    LinkInvalid,
+    /// `EMAIL_FLOWS=off`.
+    #[error("the email flows are turned off on this service")]
+    EmailFlowsOff,
     #[error("this would leave no active admin: promote another admin first")]
     LastAdmin,
     #[error("no such user")]

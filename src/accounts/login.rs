@@ -54,6 +54,13 @@ impl Accounts {
             self.audit.record(client, event).await;
             return Err(AccountError::AccountDisabled);
         }
+        if self.login_needs_verification(&user) {
+            self.metrics.logins.with_label_values(&["unverified"]).inc();
+            let detail = json!({"email": email, "reason": "email_not_verified"});
+            let event = Event::new(EventType::LoginFailed, Some(user.id), None).detail(detail);
+            self.audit.record(client, event).await;
+            return Err(AccountError::EmailNotVerified);
+        }
         let signed_in = self.start_session(user, client).await?;
         let (user_id, session_id) = (signed_in.user.id, signed_in.pair.access.sid);
         tracing::info!(user_id = %user_id, session_id = %session_id, "login succeeded");

@@ -5,8 +5,10 @@
 //! command line run the same code. Errors are [`AccountError`]s.
 
 mod admin;
+mod email;
 mod error;
 mod guard;
+mod links;
 mod login;
 mod profile;
 mod refresh;
@@ -18,8 +20,10 @@ use std::{sync::Arc, time::Duration};
 
 pub use self::{
     admin::{AdminUpdate, Page, PageQuery},
+    email::LinkRequest,
     error::AccountError,
     guard::Caller,
+    links::{EmailPolicy, Verification},
     login::SignedIn,
     refresh::RefreshKind,
     register::{NewAccount, Registration},
@@ -29,6 +33,7 @@ use crate::{
     auth::{password::PasswordService, tokens::TokenService},
     db::Database,
     limits::Limiter,
+    mail::MailQueue,
     session::SessionStore,
     telemetry::metrics::Metrics,
 };
@@ -39,6 +44,7 @@ pub struct AccountPolicy {
     /// How long a just-rotated refresh token still gets the same new pair
     /// (`REFRESH_REUSE_GRACE`); zero turns the grace window off.
     pub refresh_grace: Duration,
+    pub email: EmailPolicy,
 }
 
 /// The stores and services the flows run on.
@@ -50,6 +56,8 @@ pub struct Stores {
     pub tokens: Arc<TokenService>,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
+    /// Wakes the mail worker when a flow queues a mail.
+    pub mail_queue: MailQueue,
 }
 
 /// Every account flow.
@@ -61,6 +69,7 @@ pub struct Accounts {
     tokens: Arc<TokenService>,
     audit: Audit,
     metrics: Arc<Metrics>,
+    mail_queue: MailQueue,
     policy: AccountPolicy,
 }
 
@@ -74,6 +83,7 @@ impl Accounts {
             tokens: stores.tokens,
             audit: stores.audit,
             metrics: stores.metrics,
+            mail_queue: stores.mail_queue,
             policy,
         }
     }

@@ -101,7 +101,7 @@ impl Accounts {
     /// mistake it for an expired token. Limited per user and counted in the account's login
     /// backoff, like a login: a stolen session must not become a password-guessing oracle,
     /// nor keep every hashing slot busy.
-    async fn confirm_password(
+    pub(super) async fn confirm_password(
         &self,
         user: &user::Model,
         field: &str,

@@ -29,6 +29,8 @@ pub struct NewAccount {
     pub email: String,
     pub password: String,
     pub role: Role,
+    /// The address is known to be the user's (`user create --verified`).
+    pub verified: bool,
 }
 
 impl Accounts {
@@ -56,10 +58,13 @@ impl Accounts {
             v.fail("password_confirm", "must equal password");
         }
         let ((name, email), password) = v.finish(name.zip(email).zip(password))?;
-        let user = self.insert_user(name, email, password, Role::User).await?;
+        let user = self
+            .insert_user(name, email, password, Role::User, false)
+            .await?;
         tracing::info!(user_id = %user.id, "user registered");
         let event = Event::new(EventType::Registered, Some(user.id), None);
         self.audit.record(client, event).await;
+        self.send_verification(&user).await;
         Ok(user)
     }
 
@@ -76,10 +81,10 @@ impl Accounts {
         let password = v.new_password("password", Some(account.password));
         let ((name, email), password) = v.finish(name.zip(email).zip(password))?;
         let user = self
-            .insert_user(name, email, password, account.role)
+            .insert_user(name, email, password, account.role, account.verified)
             .await?;
-        let event = Event::new(EventType::Registered, Some(user.id), None)
-            .detail(json!({"by": "cli", "role": user.role.as_str()}));
+        let detail = json!({"by": "cli", "role": user.role.as_str(), "verified": account.verified});
+        let event = Event::new(EventType::Registered, Some(user.id), None).detail(detail);
         self.audit.record(client, event).await;
         Ok(user)
     }
@@ -90,6 +95,7 @@ impl Accounts {
         email: String,
         password: String,
         role: Role,
+        verified: bool,
     ) -> Result<user::Model, AccountError> {
         let password_hash = self.passwords.hash(password.into()).await?;
         let new = NewUser {
@@ -97,6 +103,7 @@ impl Accounts {
             email,
             password_hash,
             role,
+            verified,
         };
         match self.db.users().insert(new).await {
             Ok(user) => Ok(user),

@@ -25,7 +25,8 @@ error_set!(
 );
 error_set!(
     /// What logging in can answer.
-    LoginErrors: [BODY, SERVER], InvalidCredentials, AccountDisabled, RateLimited, Busy
+    LoginErrors: [BODY, SERVER], InvalidCredentials, AccountDisabled, EmailNotVerified,
+    RateLimited, Busy
 );
 error_set!(
     /// What a refresh can answer.
@@ -164,7 +165,8 @@ impl AuthApi {
     /// Starts a new session (one per device) and returns its token pair; browsers also get the
     /// cookies. A wrong password and an unknown email get the same 401 `invalid_credentials`
     /// after the same amount of work. The right password of a disabled account gets 403
-    /// `account_disabled`.
+    /// `account_disabled`; of an unverified one under `EMAIL_VERIFICATION=required`, 403
+    /// `email_not_verified`.
     #[oai(path = "/login", method = "post", operation_id = "login")]
     async fn login(
         &self,

@@ -36,6 +36,8 @@ use crate::{accounts::AccountError, auth::csrf::CsrfRejected, limits::Limited};
 pub enum ErrorCode {
     /// 400: the body is not JSON, or a field has the wrong type.
     MalformedRequest,
+    /// 400: an emailed link's token is unknown, used or expired.
+    LinkInvalid,
     /// 401: no credentials were presented.
     MissingToken,
     /// 401: the token is invalid, revoked, or its user is gone or disabled.
@@ -50,6 +52,8 @@ pub enum ErrorCode {
     CsrfRejected,
     /// 403: the account is disabled.
     AccountDisabled,
+    /// 403: the right password, but the address is not verified (`EMAIL_VERIFICATION=required`).
+    EmailNotVerified,
     /// 403: the caller lacks the role this needs.
     Forbidden,
     /// 404: no such resource or route.
@@ -82,6 +86,7 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             MalformedRequest => "the body is not JSON or has wrong types",
+            LinkInvalid => "the link is unknown, used or expired: ask for a new one",
             MissingToken => "no credentials were presented",
             InvalidToken => "the token is invalid or revoked",
             TokenExpired => "the token has expired",
@@ -89,6 +94,7 @@ impl ErrorCode {
             RefreshTokenReused => "a rotated-away refresh token; the session is revoked",
             CsrfRejected => "a cookie request from an origin that is not allowed",
             AccountDisabled => "the account is disabled",
+            EmailNotVerified => "the address is not verified yet",
             Forbidden => "the caller lacks the role",
             NotFound => "no such resource",
             MethodNotAllowed => "the route does not take this method",
@@ -113,10 +119,10 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            MalformedRequest => StatusCode::BAD_REQUEST,
+            MalformedRequest | LinkInvalid => StatusCode::BAD_REQUEST,
             MissingToken | InvalidToken | TokenExpired | InvalidCredentials
             | RefreshTokenReused => StatusCode::UNAUTHORIZED,
-            CsrfRejected | AccountDisabled | Forbidden => StatusCode::FORBIDDEN,
+            CsrfRejected | AccountDisabled | EmailNotVerified | Forbidden => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             EmailTaken | LastAdmin => StatusCode::CONFLICT,
@@ -521,6 +527,9 @@ impl From<AccountError> for ApiError {
             AccountError::EmailTaken => Self::new(EmailTaken, message),
             AccountError::InvalidCredentials => Self::new(InvalidCredentials, message),
             AccountError::AccountDisabled => Self::new(AccountDisabled, message),
+            AccountError::EmailNotVerified => Self::new(EmailNotVerified, message),
+            AccountError::LinkInvalid => Self::new(LinkInvalid, message),
+            AccountError::EmailFlowsOff => Self::not_found(message),
             AccountError::LastAdmin => Self::new(LastAdmin, message),
             AccountError::NoSuchUser | AccountError::NoSuchSession => Self::not_found(message),
             AccountError::InvalidToken => Self::invalid_token(),

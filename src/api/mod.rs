@@ -3,14 +3,17 @@
 //! ([`error`]) and set cookies ([`cookies`]); [`guard`] is the extractor of protected routes.
 
 pub mod admin;
+pub mod admin_mail;
 pub mod auth;
 pub mod cookies;
 pub mod discovery;
+pub mod email;
 pub mod error;
 pub mod guard;
 pub mod health;
 pub mod json_body;
 pub mod jwks;
+pub mod pages;
 pub mod request;
 pub mod sessions;
 pub mod users;
@@ -20,7 +23,7 @@ use poem_openapi::{OpenApiService, Tags};
 /// Groups of operations in the spec.
 #[derive(Tags)]
 pub enum ApiTags {
-    /// Registration, login, token refresh and logout.
+    /// Registration, login, token refresh and logout; email verification and password reset.
     Auth,
     /// The signed-in user's sessions (devices).
     Sessions,
@@ -51,9 +54,11 @@ bodies that are not JSON, or fields of the wrong type, are 400 `malformed_reques
 /// Every endpoint as one OpenAPI service.
 pub type Api = (
     auth::AuthApi,
+    email::EmailApi,
     sessions::SessionsApi,
     users::UsersApi,
     admin::AdminApi,
+    admin_mail::AdminMailApi,
     jwks::JwksApi,
     discovery::DiscoveryApi,
     health::HealthApi,
@@ -63,9 +68,11 @@ pub fn service() -> OpenApiService<Api, ()> {
     OpenApiService::new(
         (
             auth::AuthApi,
+            email::EmailApi,
             sessions::SessionsApi,
             users::UsersApi,
             admin::AdminApi,
+            admin_mail::AdminMailApi,
             jwks::JwksApi,
             discovery::DiscoveryApi,
             health::HealthApi,

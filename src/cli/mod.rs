@@ -133,6 +133,9 @@ pub enum UserCommand {
         name: String,
         #[arg(long, value_enum, default_value = "user")]
         role: RoleArg,
+        /// Mark the address as verified (you know it is the user's).
+        #[arg(long)]
+        verified: bool,
     },
     /// Change the role of an existing account.
     SetRole {
@@ -165,9 +168,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Migrate => migrate().await,
         Command::User { command } => match command {
-            UserCommand::Create { email, name, role } => {
-                user::create(email, name, role.into()).await
-            }
+            UserCommand::Create {
+                email,
+                name,
+                role,
+                verified,
+            } => user::create(email, name, role.into(), verified).await,
             UserCommand::SetRole { email, role } => user::set_role(&email, role.into()).await,
         },
         Command::Openapi { yaml } => {

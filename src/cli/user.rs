@@ -12,7 +12,8 @@ use crate::{
 };
 
 /// `user create`: the password comes from standard input (one line).
-pub async fn create(email: String, name: String, role: Role) -> anyhow::Result<()> {
+/// `verified`: the address is known to be the user's (no verification mail is needed).
+pub async fn create(email: String, name: String, role: Role, verified: bool) -> anyhow::Result<()> {
     let mut password = String::new();
     std::io::stdin().read_to_string(&mut password)?;
     let password = password
@@ -31,13 +32,19 @@ pub async fn create(email: String, name: String, role: Role) -> anyhow::Result<(
         email,
         password,
         role,
+        verified,
     };
     let user = services
         .accounts
         .create_account(account, &ClientInfo::local())
         .await?;
+    let verified = if user.email_verified_at.is_some() {
+        ", address verified"
+    } else {
+        ""
+    };
     println!(
-        "created {} {} ({})",
+        "created {} {} ({}{verified})",
         user.id,
         user.email,
         user.role.as_str()

@@ -6,6 +6,7 @@
 //! startup with a message that says how to fix them ([`rules`]); key problems are reported by
 //! [`crate::auth::keys`] when the keys are loaded.
 
+mod email;
 mod read;
 mod rules;
 mod vars;
@@ -25,6 +26,7 @@ use crate::{
         tokens::TokenSettings,
     },
     limits::LimitSettings,
+    mail::DeliverySettings,
     store::redis::RedisAccess,
     telemetry::LogFormat,
 };
@@ -148,7 +150,19 @@ pub struct Settings {
     pub passwords: PasswordSettings,
     pub limits: LimitSettings,
     pub audit: AuditSettings,
+    pub mail: MailSettings,
     pub log_format: LogFormat,
+}
+
+/// How mail leaves the service.
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    /// `SMTP_URL`. Unset (development only): each mail is an `.eml` file in `outbox_dir`.
+    pub smtp_url: Option<SecretUrl>,
+    /// The development outbox folder; `None`: `outbox/` beside the SQLite file, else
+    /// `data/outbox`.
+    pub outbox_dir: Option<std::path::PathBuf>,
+    pub delivery: DeliverySettings,
 }
 
 /// A setting that cannot be accepted, with the fix in the message.
@@ -241,6 +255,10 @@ impl Settings {
         }
         if self.tokens.issuer.is_empty() {
             self.tokens.issuer = http.public_url.clone().unwrap_or_default();
+        }
+        let links = &mut self.accounts.email.link_base;
+        if links.is_empty() {
+            *links = format!("{}/account", http.public_url.as_deref().unwrap_or_default());
         }
     }
 

@@ -39,6 +39,7 @@ pub(super) fn settings(vars: &Vars<'_>) -> Result<Settings, ConfigError> {
         tokens: tokens(vars)?,
         accounts: AccountPolicy {
             refresh_grace: vars.secs_or_zero("REFRESH_REUSE_GRACE", 10)?,
+            email: super::email::policy(vars)?,
         },
         cookies: CookieSettings {
             secure: vars.flag("COOKIE_SECURE")?.unwrap_or(production),
@@ -53,6 +54,7 @@ pub(super) fn settings(vars: &Vars<'_>) -> Result<Settings, ConfigError> {
                 days => Some(Duration::from_secs(days.saturating_mul(24 * 3600))),
             },
         },
+        mail: super::email::mail(vars)?,
         log_format: match vars.get("LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -188,6 +190,8 @@ fn limits(vars: &Vars<'_>) -> Result<LimitSettings, ConfigError> {
             "RATE_LIMIT_PASSWORD_CHECK_PER_USER",
             default.password_check_per_user,
         )?,
+        email_per_address: vars.rate("RATE_LIMIT_EMAIL_PER_ADDRESS", default.email_per_address)?,
+        email_per_ip: vars.rate("RATE_LIMIT_EMAIL_PER_IP", default.email_per_ip)?,
         backoff: BackoffPolicy {
             free_failures: vars.number("LOGIN_BACKOFF_FREE_FAILURES", backoff.free_failures)?,
             base: vars.secs("LOGIN_BACKOFF_BASE_SECS", backoff.base.as_secs())?,

@@ -24,7 +24,7 @@ pub(super) fn validate(settings: &Settings) -> Result<(), ConfigError> {
     if settings.is_production() {
         production(settings)?;
     }
-    Ok(())
+    super::email::check(settings)
 }
 
 fn lifetimes(settings: &Settings) -> Result<(), ConfigError> {
@@ -118,7 +118,7 @@ fn is_origin(origin: &str) -> bool {
 }
 
 /// An absolute http(s) URL with a host and no query or fragment.
-fn is_base_url(url: &str) -> bool {
+pub(super) fn is_base_url(url: &str) -> bool {
     let Some((scheme, rest)) = url.split_once("://") else {
         return false;
     };
@@ -130,7 +130,7 @@ fn is_base_url(url: &str) -> bool {
 
 /// `http://localhost`, `http://127.0.0.1` or `http://[::1]` (any port or path): browsers treat
 /// these as secure contexts, and nothing off the machine can reach them.
-fn is_loopback_http(url: &str) -> bool {
+pub(super) fn is_loopback_http(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else {
         return false;
     };

@@ -3,6 +3,8 @@
 
 pub mod audit;
 pub mod entities;
+pub mod links;
+pub mod outbox;
 pub mod reads;
 pub mod users;
 
@@ -11,7 +13,7 @@ use std::{path::Path, time::Duration};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, DatabaseConnection, DbErr};
 
-use self::{audit::AuditEvents, reads::Reads, users::Users};
+use self::{audit::AuditEvents, links::LinkTokens, outbox::Outbox, reads::Reads, users::Users};
 
 /// The service's one database handle: the queries of each table go through its repository
 /// ([`Database::users`], [`Database::audit`]), which picks the connection a query runs on.
@@ -41,6 +43,14 @@ impl Database {
 
     pub fn audit(&self) -> AuditEvents<'_> {
         AuditEvents::new(&self.conn)
+    }
+
+    pub fn links(&self) -> LinkTokens<'_> {
+        LinkTokens::new(&self.conn)
+    }
+
+    pub fn outbox(&self) -> Outbox<'_> {
+        Outbox::new(&self.conn)
     }
 
     /// Answers when every connection pool can reach the database.

@@ -25,6 +25,8 @@ pub struct NewUser {
     pub email: String,
     pub password_hash: String,
     pub role: Role,
+    /// The address is known to be the user's: marked verified at once.
+    pub verified: bool,
 }
 
 /// Queries of the `users` table.
@@ -49,7 +51,7 @@ impl<'a> Users<'a> {
             password_hash: Set(PasswordHash::new(new.password_hash)),
             role: Set(new.role),
             disabled: Set(false),
-            email_verified_at: Set(None),
+            email_verified_at: Set(new.verified.then_some(now)),
             created_at: Set(now),
             updated_at: Set(now),
         }

@@ -98,6 +98,9 @@ pub struct LimitSettings {
     pub refresh_per_ip: Rate,
     /// Checks of a signed-in user's password (changing it, deleting the account).
     pub password_check_per_user: Rate,
+    /// Link mails asked for (verification, reset, change of address), per address and per IP.
+    pub email_per_address: Rate,
+    pub email_per_ip: Rate,
     pub backoff: BackoffPolicy,
 }
 
@@ -109,6 +112,8 @@ impl Default for LimitSettings {
             register_per_ip: Rate::per_secs(5, 60),
             refresh_per_ip: Rate::per_secs(60, 60),
             password_check_per_user: Rate::per_secs(5, 60),
+            email_per_address: Rate::per_secs(5, 3600),
+            email_per_ip: Rate::per_secs(20, 3600),
             backoff: BackoffPolicy {
                 free_failures: 3,
                 base: Duration::from_secs(1),
@@ -235,6 +240,8 @@ pub enum Rule {
     RegisterPerIp,
     RefreshPerIp,
     PasswordCheckPerUser,
+    EmailPerAddress,
+    EmailPerIp,
 }
 
 impl Rule {
@@ -246,6 +253,8 @@ impl Rule {
             Rule::RegisterPerIp => "register-ip",
             Rule::RefreshPerIp => "refresh-ip",
             Rule::PasswordCheckPerUser => "password-check-user",
+            Rule::EmailPerAddress => "email-address",
+            Rule::EmailPerIp => "email-ip",
         }
     }
 }
@@ -299,6 +308,8 @@ impl Limiter {
             Rule::RegisterPerIp => self.settings.register_per_ip,
             Rule::RefreshPerIp => self.settings.refresh_per_ip,
             Rule::PasswordCheckPerUser => self.settings.password_check_per_user,
+            Rule::EmailPerAddress => self.settings.email_per_address,
+            Rule::EmailPerIp => self.settings.email_per_ip,
         }
     }
 

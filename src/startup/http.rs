@@ -16,6 +16,7 @@ use crate::{
     api::{
         self,
         error::{self, ApiError, DependencyFailure, ErrorCode},
+        pages,
     },
     state::AppState,
     telemetry::{metrics::Metrics, request_id},
@@ -40,6 +41,11 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .at("/openapi.json", spec_json)
         .at("/openapi.yaml", spec_yaml)
         .at("/metrics", poem::get(metrics_endpoint))
+        .at("/account/verify-email", poem::get(pages::verify_email))
+        .at("/account/reset-password", poem::get(pages::reset_password))
+        .at("/account/confirm-email", poem::get(pages::confirm_email))
+        .at("/account/account.js", poem::get(pages::script))
+        .at("/account/account.css", poem::get(pages::style))
         .at("/", poem::get(root));
     Site {
         api: api.into_endpoint(),
@@ -66,6 +72,7 @@ fn beside_label(path: &str) -> Option<&'static str> {
         "/" => Some("root"),
         "/openapi.json" | "/openapi.yaml" => Some("openapi"),
         p if p == "/docs" || p.starts_with("/docs/") => Some("docs"),
+        p if p.starts_with("/account/") => Some("account_pages"),
         _ => None,
     }
 }
@@ -281,15 +288,23 @@ fn harden(headers: &mut HeaderMap, path: &str) {
     );
     headers.insert("Referrer-Policy", HeaderValue::from_static("no-referrer"));
     // The API serves JSON only: nothing may be loaded, run or framed. Swagger UI needs its
-    // scripts and styles, so /docs keeps the browser defaults.
-    if !path.starts_with("/docs") {
+    // scripts and styles, so /docs keeps the browser defaults; the account pages load their
+    // own script and style, nothing else.
+    if path.starts_with("/account/") {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(pages::CSP),
+        );
+    } else if !path.starts_with("/docs") {
         headers.insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         );
     }
-    // Responses of the API may carry tokens or personal data: no cache may keep them.
-    if path.starts_with("/api/") {
+    // Responses of the API may carry tokens or personal data, and the account pages a link's
+    // token: no cache may keep them.
+    let page = path.starts_with("/account/") && !path.ends_with(".js") && !path.ends_with(".css");
+    if path.starts_with("/api/") || page {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
 }

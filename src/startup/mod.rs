@@ -20,6 +20,7 @@ use crate::{
     config::{ConfigError, Settings},
     db::Database,
     limits::{LimitStore, Limiter, memory::MemoryLimits, redis::RedisLimits},
+    mail::{MailError, MailQueue, Mailer},
     session::{SessionStore, memory::MemoryStore, redis::RedisStore},
     state::{AppState, Services},
     store::{BackendError, redis::RedisClient},
@@ -38,6 +39,8 @@ pub enum StartupError {
     Database(#[from] sea_orm::DbErr),
     #[error("cannot reach Redis at REDIS_URL")]
     Redis(#[from] BackendError),
+    #[error("mail")]
+    Mail(#[from] MailError),
     #[error("listening on {addr}: {source}")]
     Bind {
         addr: String,
@@ -75,6 +78,11 @@ pub async fn services(mut settings: Settings, purpose: Purpose) -> Result<Servic
     let metrics = Arc::new(Metrics::new());
     let (sessions, limit_store, session_snapshot) = stores(&settings, purpose).await?;
     let tokens = Arc::new(TokenService::new(keys, settings.tokens.clone()));
+    let mailer = match purpose {
+        Purpose::Serve if settings.accounts.email.enabled => Some(Arc::new(mailer(&settings)?)),
+        _ => None,
+    };
+    let mail_queue = MailQueue::new();
     let stores = Stores {
         db: db.clone(),
         sessions,
@@ -83,6 +91,7 @@ pub async fn services(mut settings: Settings, purpose: Purpose) -> Result<Servic
         tokens: tokens.clone(),
         audit: Audit::new(db.clone(), metrics.clone()),
         metrics: metrics.clone(),
+        mail_queue: mail_queue.clone(),
     };
     Ok(Services {
         accounts: Accounts::new(stores, settings.accounts.clone()),
@@ -91,7 +100,25 @@ pub async fn services(mut settings: Settings, purpose: Purpose) -> Result<Servic
         settings: Arc::new(settings),
         metrics,
         session_snapshot,
+        mailer,
+        mail_queue,
     })
+}
+
+/// SMTP when `SMTP_URL` is set; else (development) `.eml` files in the outbox folder.
+fn mailer(settings: &Settings) -> Result<Mailer, MailError> {
+    let from = &settings.mail.delivery.from;
+    match &settings.mail.smtp_url {
+        Some(url) => Mailer::smtp(url.expose(), from, crate::mail::SMTP_TIMEOUT),
+        None => {
+            let dir = settings.mail.outbox_dir.clone().unwrap_or_else(|| {
+                crate::db::sqlite_dir(settings.database.url.expose())
+                    .unwrap_or_else(|| "data".into())
+                    .join("outbox")
+            });
+            Mailer::files(&dir, from)
+        }
+    }
 }
 
 /// The session store, the limit store, and for the embedded default the in-process sessions
@@ -226,9 +253,13 @@ impl Application {
         } else {
             "development mode: do not expose this instance (README, Production notes)"
         };
+        let mail = match &self.state.mailer {
+            Some(mailer) => mailer.describe().to_owned(),
+            None => "off (EMAIL_FLOWS=off)".into(),
+        };
         format!(
             "Latchkey {} ({mode})\n  listening  {url}\n  API docs   {url}/docs\n  database   {}\n  \
-             sessions   {sessions}\n  keys       {keys}\n",
+             sessions   {sessions}\n  keys       {keys}\n  mail       {mail}\n",
             env!("CARGO_PKG_VERSION"),
             crate::db::describe(settings.database.url.expose()),
         )

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::{auth::keys::KeySource, state::AppState};
+use crate::{audit::Audit, auth::keys::KeySource, mail::Worker, state::AppState};
 
 /// Starts the background tasks of a running instance; they end when the set is dropped or
 /// aborted.
@@ -18,7 +18,33 @@ pub fn spawn(state: &AppState) -> JoinSet<()> {
     if let Some(retention) = state.settings.audit.retention {
         tasks.spawn(purge_audit(state.clone(), retention));
     }
+    if let Some(mailer) = &state.mailer {
+        let worker = Worker {
+            db: state.db.clone(),
+            mailer: mailer.clone(),
+            settings: state.settings.mail.delivery.clone(),
+            audit: Audit::new(state.db.clone(), state.metrics.clone()),
+            metrics: state.metrics.clone(),
+            queue: state.mail_queue.clone(),
+        };
+        tasks.spawn(worker.run());
+        tasks.spawn(purge_links(state.clone()));
+    }
     tasks
+}
+
+/// Deletes expired link tokens and month-old dead mails, at start and then every hour.
+async fn purge_links(state: AppState) {
+    let mut ticks = tokio::time::interval(PURGE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match state.accounts.purge_links_and_dead_mail().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired links and old dead mails deleted"),
+            Err(err) => tracing::warn!(error = %err, "link purge failed; retrying in an hour"),
+        }
+    }
 }
 
 /// How often the audit trail is purged of events past their retention.

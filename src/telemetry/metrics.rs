@@ -29,6 +29,8 @@ pub struct Metrics {
     pub dependency_errors: IntCounterVec,
     /// Audit events that could not be written (the request went on).
     pub audit_failures: IntCounter,
+    /// Mail delivery attempts by kind (verify_email, ...) and result: sent, retry, dead.
+    pub mail_deliveries: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -117,6 +119,12 @@ impl Metrics {
                 r,
                 "audit_write_failures_total",
                 "Audit events that could not be stored",
+            ),
+            mail_deliveries: counter_vec(
+                r,
+                "mail_deliveries_total",
+                "Mail delivery attempts by kind and result (sent, retry, dead)",
+                &["kind", "result"],
             ),
             registry,
         }

@@ -33,6 +33,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "db",
             "limits",
+            "mail",
             "session",
             "store",
             "telemetry",
@@ -46,11 +47,27 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "state",
-        &["accounts", "auth", "config", "db", "session", "telemetry"],
+        &[
+            "accounts",
+            "auth",
+            "config",
+            "db",
+            "mail",
+            "session",
+            "telemetry",
+        ],
     ),
     (
         "config",
-        &["accounts", "audit", "auth", "limits", "store", "telemetry"],
+        &[
+            "accounts",
+            "audit",
+            "auth",
+            "limits",
+            "mail",
+            "store",
+            "telemetry",
+        ],
     ),
     (
         "accounts",
@@ -60,11 +77,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "client",
             "db",
             "limits",
+            "mail",
             "session",
             "store",
             "telemetry",
         ],
     ),
+    ("mail", &["audit", "client", "db", "telemetry"]),
     ("audit", &["client", "db", "telemetry"]),
     ("auth", &["telemetry"]),
     ("session", &["store"]),
@@ -77,7 +96,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
 
 /// Modules below the API: they know nothing of HTTP frameworks.
 const BELOW_HTTP: &[&str] = &[
-    "accounts", "audit", "auth", "session", "limits", "db", "store",
+    "accounts", "audit", "auth", "mail", "session", "limits", "db", "store",
 ];
 
 fn src() -> PathBuf {

@@ -45,6 +45,7 @@ async fn user_create_makes_the_first_admin_who_can_log_in() {
             "Root",
             "--role",
             "admin",
+            "--verified",
         ],
         &[("DATABASE_URL", &url)],
         "an admin password\n",
@@ -54,13 +55,16 @@ async fn user_create_makes_the_first_admin_who_can_log_in() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("root@example.com (admin)"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("root@example.com (admin"), "{stdout}");
+    assert!(stdout.contains("address verified"), "{stdout}");
 
     let app = TestApp::spawn_with(Backend::Embedded, |s| s.database.url = url.clone().into()).await;
     let (status, body) =
         status_and_json(app.login("root@example.com", "an admin password").await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user"]["role"], "admin");
+    assert_eq!(body["user"]["email_verified"], true, "--verified");
 
     // An operator changes a role; the change applies to the next login's token and the
     // user row at once.

@@ -23,6 +23,11 @@ fn production_vars() -> HashMap<String, String> {
             "postgres://latchkey@127.0.0.1:1/none".into(),
         ),
         ("REDIS_URL", "redis://127.0.0.1:1".into()),
+        (
+            "SMTP_URL",
+            "smtps://mailer:secret@smtp.example.com:465".into(),
+        ),
+        ("MAIL_FROM", "Example <no-reply@example.com>".into()),
         ("ACCESS_TOKEN_PRIVATE_KEY", b64(&KEYS.access.private_pem)),
         ("ACCESS_TOKEN_PUBLIC_KEY", b64(&KEYS.access.public_pem)),
         ("REFRESH_TOKEN_PRIVATE_KEY", b64(&KEYS.refresh.private_pem)),
@@ -430,4 +435,102 @@ fn production_needs_an_https_public_url_which_is_the_default_issuer() {
         settings.tokens.issuer, "latchkey",
         "JWT_ISSUER keeps old tokens valid"
     );
+}
+
+#[test]
+fn production_needs_secure_smtp_and_a_sender_unless_email_flows_are_off() {
+    let mut vars = production_vars();
+    vars.remove("SMTP_URL");
+    let message = refusal(&vars);
+    assert!(
+        message.contains("SMTP_URL") && message.contains("EMAIL_FLOWS=off"),
+        "{message}"
+    );
+    vars.insert("EMAIL_FLOWS".into(), "off".into());
+    let settings = Settings::from_vars(&vars).expect("no mail needed with EMAIL_FLOWS=off");
+    assert!(!settings.accounts.email.enabled);
+    vars.insert("EMAIL_VERIFICATION".into(), "required".into());
+    assert!(refusal(&vars).contains("EMAIL_VERIFICATION"));
+    vars.remove("EMAIL_FLOWS");
+    vars.remove("EMAIL_VERIFICATION");
+
+    for (url, accepted) in [
+        ("smtp://mailer:secret@smtp.example.com:25", false),
+        ("smtp://smtp.example.com:587?tls=opportunistic", false),
+        ("smtp://smtp.example.com:587?tls=required", true),
+        ("smtps://smtp.example.com", true),
+        ("smtp://127.0.0.1:25", true),
+        ("smtp://localhost:2525", true),
+        ("not a url", false),
+    ] {
+        vars.insert("SMTP_URL".into(), url.into());
+        match Settings::from_vars(&vars) {
+            Ok(_) => assert!(accepted, "{url} was accepted"),
+            Err(err) => {
+                let message = err.to_string();
+                assert!(!accepted, "{url}: {message}");
+                assert!(message.contains("SMTP_URL"), "{message}");
+                assert!(
+                    !message.contains("secret"),
+                    "the password is not echoed: {message}"
+                );
+            }
+        }
+    }
+    vars.insert("SMTP_URL".into(), "smtps://smtp.example.com".into());
+    vars.remove("MAIL_FROM");
+    assert!(refusal(&vars).contains("MAIL_FROM"));
+    vars.insert("MAIL_FROM".into(), "not a mailbox".into());
+    assert!(refusal(&vars).contains("MAIL_FROM"));
+    vars.insert("MAIL_FROM".into(), "Example <no-reply@example.com>".into());
+    vars.insert(
+        "EMAIL_LINK_BASE".into(),
+        "http://app.example.com/account".into(),
+    );
+    assert!(refusal(&vars).contains("EMAIL_LINK_BASE"));
+    vars.insert(
+        "EMAIL_LINK_BASE".into(),
+        "https://app.example.com/account/".into(),
+    );
+    let settings = Settings::from_vars(&vars).unwrap();
+    assert_eq!(
+        settings.accounts.email.link_base,
+        "https://app.example.com/account"
+    );
+}
+
+#[test]
+fn email_lifetimes_and_verification_mode_are_read_and_checked() {
+    let mut vars = production_vars();
+    for (var, value) in [
+        ("EMAIL_VERIFY_TTL", "60"),
+        ("PASSWORD_RESET_TTL", "1"),
+        ("EMAIL_CHANGE_TTL", "7200"),
+        ("EMAIL_VERIFICATION", "required"),
+    ] {
+        vars.insert(var.into(), value.into());
+    }
+    let settings = Settings::from_vars(&vars).unwrap();
+    let email = &settings.accounts.email;
+    assert_eq!(email.verify_ttl.as_secs(), 60);
+    assert_eq!(email.reset_ttl.as_secs(), 1);
+    assert_eq!(email.change_ttl.as_secs(), 7200);
+    assert_eq!(
+        email.verification,
+        latchkey::accounts::Verification::Required
+    );
+    assert_eq!(
+        email.link_base, "https://auth.example.com/account",
+        "PUBLIC_URL/account"
+    );
+    for (var, value) in [
+        ("EMAIL_VERIFICATION", "sometimes"),
+        ("PASSWORD_RESET_TTL", "0"),
+        ("EMAIL_VERIFY_TTL", "-5"),
+        ("MAIL_MAX_ATTEMPTS", "0"),
+    ] {
+        let mut vars = vars.clone();
+        vars.insert(var.into(), value.into());
+        assert!(refusal(&vars).contains(var), "{var}={value}");
+    }
 }

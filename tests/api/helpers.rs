@@ -205,6 +205,8 @@ pub enum Group {
     Nginx,
     /// Python 3 with PyJWT and cryptography (a verifier outside Rust).
     PyJwt,
+    /// Chromium and chromedriver (the account pages in a real browser).
+    Browser,
 }
 
 impl Group {
@@ -215,6 +217,7 @@ impl Group {
             Group::RedisServerBinary => "own redis-server (Redis outage)",
             Group::Nginx => "nginx forward auth",
             Group::PyJwt => "PyJWT verifier",
+            Group::Browser => "headless Chromium",
         }
     }
 }
@@ -235,6 +238,8 @@ pub fn available(group: Group) -> bool {
         Group::RedisServerBinary => missing_program("redis-server", &["--version"]),
         Group::Nginx => missing_program("nginx", &["-v"]),
         Group::PyJwt => missing_program("python3", &["-c", "import jwt, cryptography"]),
+        Group::Browser => missing_program(crate::browser::CHROMEDRIVER, &["--version"])
+            .or_else(|| missing_program(crate::browser::CHROMIUM, &["--version"])),
     };
     let Some(missing) = missing else {
         return true;
@@ -253,7 +258,7 @@ pub fn available(group: Group) -> bool {
             std::io::stderr(),
             "note: skipping the {} tests: {missing}. To run them, install PostgreSQL and Redis \
              (README, Tests), point LATCHKEY_TEST_DATABASE_URL / LATCHKEY_TEST_REDIS_URL at \
-             yours, or run `bash .ci/run` (which also installs nginx and PyJWT)",
+             yours, or run `bash .ci/run` (which also installs nginx, PyJWT and Chromium)",
             group.name()
         );
     }
@@ -314,6 +319,8 @@ pub fn base_settings() -> Settings {
     let mut settings = Settings::development(inline_keys(&KEYS.access, &KEYS.refresh));
     settings.http.port = 0;
     settings.http.allowed_origins = vec!["https://app.example.com".into()];
+    // No verification mail on every registration: the email tests turn it on.
+    settings.accounts.email.verification = latchkey::accounts::Verification::Off;
     // Tests sign in many users from 127.0.0.1: limits only where a test asks for them.
     let generous = Rate::per_secs(100_000, 60);
     let defaults = LimitSettings::default();
@@ -323,6 +330,8 @@ pub fn base_settings() -> Settings {
         register_per_ip: generous,
         refresh_per_ip: generous,
         password_check_per_user: generous,
+        email_per_address: generous,
+        email_per_ip: generous,
         backoff: BackoffPolicy {
             free_failures: 1000,
             ..defaults.backoff
@@ -341,6 +350,8 @@ struct Provisioned {
 impl Provisioned {
     async fn new(backend: Backend, settings: &mut Settings) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        // Development mail (`.eml` files) stays inside the test's directory.
+        settings.mail.outbox_dir = Some(dir.path().join("outbox"));
         match backend {
             Backend::Embedded => {
                 settings.database.url =
@@ -380,6 +391,17 @@ impl Provisioned {
                     _dir: dir,
                 }
             }
+        }
+    }
+}
+
+impl Provisioned {
+    /// Nothing of its own: an instance on another's resources.
+    fn none() -> Self {
+        Self {
+            database: None,
+            redis_prefix: None,
+            _dir: tempfile::tempdir().expect("temp dir"),
         }
     }
 }
@@ -436,6 +458,7 @@ pub struct TestApp {
     pub state: AppState,
     log_start: usize,
     shutdown: Option<oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     // Declared last: dropped after the server has been told to stop.
     _provisioned: Provisioned,
 }
@@ -473,7 +496,7 @@ impl TestApp {
         let address = format!("http://127.0.0.1:{}", app.port());
         let state = app.state().clone();
         let (tx, rx) = oneshot::channel();
-        tokio::spawn(app.run_until(async {
+        let running = tokio::spawn(app.run_until(async {
             let _ = rx.await;
         }));
         Self {
@@ -486,8 +509,32 @@ impl TestApp {
             state,
             log_start,
             shutdown: Some(tx),
+            running: Some(running),
             _provisioned: provisioned,
         }
+    }
+
+    /// Stops this instance (its background tasks with it) and starts it again on the same
+    /// database and store, as a process restart does.
+    pub async fn restart(mut self) -> TestApp {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running.await.expect("server task").expect("server stops");
+        }
+        let provisioned = std::mem::replace(&mut self._provisioned, Provisioned::none());
+        Self::start((*self.state.settings).clone(), provisioned).await
+    }
+
+    /// Where this instance writes development mail (`.eml` files).
+    pub fn outbox_dir(&self) -> std::path::PathBuf {
+        self.state
+            .settings
+            .mail
+            .outbox_dir
+            .clone()
+            .expect("a test outbox")
     }
 
     /// A second instance with the same settings: the same database and session store (on the
@@ -502,15 +549,7 @@ impl TestApp {
         // as instances behind one load balancer share.
         let mut settings = (*self.state.settings).clone();
         configure(&mut settings);
-        Self::start(
-            settings,
-            Provisioned {
-                database: None,
-                redis_prefix: None,
-                _dir: tempfile::tempdir().expect("temp dir"),
-            },
-        )
-        .await
+        Self::start(settings, Provisioned::none()).await
     }
 
     /// The `kid` of the access key signing now.

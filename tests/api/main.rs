@@ -6,11 +6,13 @@ mod helpers;
 mod abuse;
 mod admin;
 mod architecture;
+mod browser;
 mod cli;
 mod config;
 mod cookies;
 mod database;
 mod discovery;
+mod email;
 mod first_run;
 mod hardening;
 mod health_and_docs;
@@ -24,6 +26,7 @@ mod proxy;
 mod secrets;
 mod session_store;
 mod sessions;
+mod smtp;
 mod token_security;
 
 /// The example service other services copy, driven by `products.rs` (its `main` is unused here).

@@ -1,4 +1,6 @@
 //! SeaORM entities, one module per table.
 
 pub mod audit_event;
+pub mod link_token;
+pub mod mail_outbox;
 pub mod user;
