@@ -38,6 +38,14 @@ pub enum EventType {
     EmailChanged,
     MailSent,
     MailDeliveryFailed,
+    MfaEnrollmentStarted,
+    MfaEnabled,
+    MfaRecoveryCodesRegenerated,
+    MfaDisabled,
+    MfaReset,
+    LoginMfaRequired,
+    MfaSucceeded,
+    MfaFailed,
 }
 
 impl EventType {
@@ -68,6 +76,14 @@ impl EventType {
             EventType::EmailChanged,
             EventType::MailSent,
             EventType::MailDeliveryFailed,
+            EventType::MfaEnrollmentStarted,
+            EventType::MfaEnabled,
+            EventType::MfaRecoveryCodesRegenerated,
+            EventType::MfaDisabled,
+            EventType::MfaReset,
+            EventType::LoginMfaRequired,
+            EventType::MfaSucceeded,
+            EventType::MfaFailed,
         ]
         .into_iter()
     }
@@ -93,6 +109,14 @@ impl EventType {
             EventType::EmailChanged => "email_changed",
             EventType::MailSent => "mail_sent",
             EventType::MailDeliveryFailed => "mail_delivery_failed",
+            EventType::MfaEnrollmentStarted => "mfa_enrollment_started",
+            EventType::MfaEnabled => "mfa_enabled",
+            EventType::MfaRecoveryCodesRegenerated => "mfa_recovery_codes_regenerated",
+            EventType::MfaDisabled => "mfa_disabled",
+            EventType::MfaReset => "mfa_reset",
+            EventType::LoginMfaRequired => "login_mfa_required",
+            EventType::MfaSucceeded => "mfa_succeeded",
+            EventType::MfaFailed => "mfa_failed",
         }
     }
 }

@@ -9,10 +9,11 @@
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use latchkey::{
-    accounts::Registration,
+    accounts::{LoginOutcome, Registration},
     auth::{
         keys::{KeyPaths, KeySource},
         password::PasswordService,
+        tokens::{Amr, PairSubject},
     },
     client::ClientInfo,
     config::Settings,
@@ -136,10 +137,13 @@ impl Bare {
         };
         let client = ClientInfo::local();
         let user = state.accounts.register(form, &client).await?;
-        let signed_in = state
+        let outcome = state
             .accounts
             .login(Some(email), Some(PASSWORD.into()), &client)
             .await?;
+        let LoginOutcome::SignedIn(signed_in) = outcome else {
+            anyhow::bail!("the bench user has no second factor");
+        };
         let hash = passwords.hash(PASSWORD.to_owned().into()).await?;
         Ok(Self {
             state,
@@ -193,10 +197,13 @@ impl Bare {
                 rate(run(Duration::ZERO), tasks, move || {
                     let state = state.clone();
                     async move {
-                        let pair = state
-                            .tokens
-                            .issue_pair(Uuid::new_v4(), "user", Uuid::new_v4());
-                        pair.await.is_ok()
+                        let subject = PairSubject {
+                            user_id: Uuid::new_v4(),
+                            role: "user",
+                            sid: Uuid::new_v4(),
+                            amr: Amr::Password,
+                        };
+                        state.tokens.issue_pair(&subject).await.is_ok()
                     }
                 })
                 .await

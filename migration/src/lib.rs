@@ -6,6 +6,7 @@ mod m20261123_000002_create_audit_events;
 mod m20261203_000003_index_audit_events_time;
 mod m20261203_000004_add_users_email_verified_at;
 mod m20261203_000005_create_link_tokens_and_mail_outbox;
+mod m20261203_000006_create_totp_factors_and_recovery_codes;
 
 /// Applies Latchkey's migrations in order; the server runs it at start.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000003_index_audit_events_time::Migration),
             Box::new(m20261203_000004_add_users_email_verified_at::Migration),
             Box::new(m20261203_000005_create_link_tokens_and_mail_outbox::Migration),
+            Box::new(m20261203_000006_create_totp_factors_and_recovery_codes::Migration),
         ]
     }
 }

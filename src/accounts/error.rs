@@ -35,6 +35,16 @@ pub enum AccountError {
     /// `EMAIL_FLOWS=off`.
     #[error("the email flows are turned off on this service")]
     EmailFlowsOff,
+    /// A wrong, replayed or used-up second-factor code, or an `mfa_token` that is unknown,
+    /// expired, used or ended by wrong codes.
+    #[error("the second-factor code or the mfa_token is invalid: log in again if it expired")]
+    MfaInvalid,
+    #[error("a second factor is already enabled: disable it first to enroll a new one")]
+    MfaAlreadyEnabled,
+    #[error("no second factor is enabled on this account")]
+    MfaNotEnabled,
+    #[error("no TOTP enrollment is waiting for confirmation: start one first")]
+    MfaNotPending,
     #[error("this would leave no active admin: promote another admin first")]
     LastAdmin,
     #[error("no such user")]

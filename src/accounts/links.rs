@@ -56,7 +56,7 @@ impl Default for EmailPolicy {
 }
 
 /// 32 random bytes, base64url: what a link carries.
-fn new_token() -> Result<String, AccountError> {
+pub(super) fn new_token() -> Result<String, AccountError> {
     let mut bytes = [0u8; 32];
     aws_lc_rs::rand::fill(&mut bytes)
         .map_err(|_| AccountError::Internal(anyhow::anyhow!("no randomness for a link token")))?;
@@ -65,11 +65,7 @@ fn new_token() -> Result<String, AccountError> {
 
 /// What is stored of a token: its SHA-256, hex.
 pub(super) fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// A link mail to send.

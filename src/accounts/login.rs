@@ -7,12 +7,12 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    AccountError, Accounts,
+    AccountError, Accounts, LoginOutcome,
     validate::{Validator, bounded_email, could_be_an_account, normalize_email},
 };
 use crate::{
     audit::{Event, EventType},
-    auth::tokens::IssuedPair,
+    auth::tokens::{Amr, IssuedPair, PairSubject},
     client::ClientInfo,
     db::entities::user,
     session::NewSession,
@@ -26,14 +26,15 @@ pub struct SignedIn {
 }
 
 impl Accounts {
-    /// Logs in: a new session (one per device) with its first token pair. A wrong password and
+    /// Logs in: a new session (one per device) with its first token pair, or, for an account
+    /// with a second factor, the challenge that `finish_login` completes. A wrong password and
     /// an unknown email fail alike, after the same amount of work.
     pub async fn login(
         &self,
         email: Option<String>,
         password: Option<String>,
         client: &ClientInfo,
-    ) -> Result<SignedIn, AccountError> {
+    ) -> Result<LoginOutcome, AccountError> {
         let mut v = Validator::new();
         let email = v
             .required("email", email)
@@ -61,13 +62,17 @@ impl Accounts {
             self.audit.record(client, event).await;
             return Err(AccountError::EmailNotVerified);
         }
-        let signed_in = self.start_session(user, client).await?;
+        if user.mfa_enabled_at.is_some() {
+            let challenge = self.start_challenge(&user, client).await?;
+            return Ok(LoginOutcome::SecondFactor(challenge));
+        }
+        let signed_in = self.start_session(user, Amr::Password, client).await?;
         let (user_id, session_id) = (signed_in.user.id, signed_in.pair.access.sid);
         tracing::info!(user_id = %user_id, session_id = %session_id, "login succeeded");
         self.metrics.logins.with_label_values(&["ok"]).inc();
         let event = Event::new(EventType::LoginSucceeded, Some(user_id), Some(session_id));
         self.audit.record(client, event).await;
-        Ok(signed_in)
+        Ok(LoginOutcome::SignedIn(Box::new(signed_in)))
     }
 
     /// The account of `email` if `password` is its password. A failure is recorded (metrics,
@@ -133,17 +138,21 @@ impl Accounts {
         }
     }
 
-    /// A new session for `user`, with its first pair.
+    /// A new session for `user`, signed in to as `amr` says, with its first pair.
     pub(super) async fn start_session(
         &self,
         user: user::Model,
+        amr: Amr,
         client: &ClientInfo,
     ) -> Result<SignedIn, AccountError> {
         let session_id = Uuid::new_v4();
-        let pair = self
-            .tokens
-            .issue_pair(user.id, user.role.as_str(), session_id)
-            .await?;
+        let subject = PairSubject {
+            user_id: user.id,
+            role: user.role.as_str(),
+            sid: session_id,
+            amr,
+        };
+        let pair = self.tokens.issue_pair(&subject).await?;
         let session = NewSession {
             id: session_id,
             user_id: user.id,

@@ -10,6 +10,7 @@ mod error;
 mod guard;
 mod links;
 mod login;
+mod mfa;
 mod profile;
 mod refresh;
 mod register;
@@ -25,16 +26,17 @@ pub use self::{
     guard::Caller,
     links::{EmailPolicy, Verification},
     login::SignedIn,
+    mfa::{CHALLENGE_SECS, LoginOutcome, MfaChallenge, Proof},
     refresh::RefreshKind,
     register::{NewAccount, Registration},
 };
 use crate::{
     audit::Audit,
-    auth::{password::PasswordService, tokens::TokenService},
+    auth::{mfa::SecretBox, password::PasswordService, tokens::TokenService},
     db::Database,
     limits::Limiter,
     mail::MailQueue,
-    session::SessionStore,
+    session::{SessionStore, challenge::ChallengeStore},
     telemetry::metrics::Metrics,
 };
 
@@ -58,6 +60,17 @@ pub struct Stores {
     pub metrics: Arc<Metrics>,
     /// Wakes the mail worker when a flow queues a mail.
     pub mail_queue: MailQueue,
+    /// Logins waiting for their second factor.
+    pub challenges: Arc<dyn ChallengeStore>,
+    pub mfa: MfaSetup,
+}
+
+/// What TOTP needs: the key its secrets are sealed with, and the issuer name authenticator
+/// apps show.
+#[derive(Clone)]
+pub struct MfaSetup {
+    pub secrets: Arc<SecretBox>,
+    pub issuer: String,
 }
 
 /// Every account flow.
@@ -70,6 +83,8 @@ pub struct Accounts {
     audit: Audit,
     metrics: Arc<Metrics>,
     mail_queue: MailQueue,
+    challenges: Arc<dyn ChallengeStore>,
+    mfa: MfaSetup,
     policy: AccountPolicy,
 }
 
@@ -84,6 +99,8 @@ impl Accounts {
             audit: stores.audit,
             metrics: stores.metrics,
             mail_queue: stores.mail_queue,
+            challenges: stores.challenges,
+            mfa: stores.mfa,
             policy,
         }
     }

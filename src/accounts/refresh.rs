@@ -5,7 +5,7 @@
 use super::{AccountError, Accounts, SignedIn};
 use crate::{
     audit::{Event, EventType},
-    auth::tokens::{PairClaims, PairIds},
+    auth::tokens::{Amr, PairClaims, PairIds, PairSubject},
     client::ClientInfo,
     limits::Rule,
     session::{RotateOutcome, Rotation},
@@ -57,10 +57,14 @@ impl Accounts {
             .await?;
         let claims = self.tokens.verify_refresh(token)?;
         let user = self.active_user(claims.sub).await?;
-        let pair = self
-            .tokens
-            .issue_pair(user.id, user.role.as_str(), claims.sid)
-            .await?;
+        // The session keeps how it was signed in to: the refresh token carries it along.
+        let subject = PairSubject {
+            user_id: user.id,
+            role: user.role.as_str(),
+            sid: claims.sid,
+            amr: Amr::of(&claims.amr),
+        };
+        let pair = self.tokens.issue_pair(&subject).await?;
         // The grace window keeps only the new pair's ids: a duplicate gets its claims rebuilt
         // from its own verified token and the user's row, never read back from the store.
         let grace_payload = PairIds::of(&PairClaims {
@@ -94,8 +98,7 @@ impl Accounts {
                     tracing::error!(session_id = %claims.sid, "unreadable grace record in the store");
                     return Err(AccountError::InvalidToken);
                 };
-                let role = user.role.as_str();
-                let claims = self.tokens.pair_claims(user.id, role, claims.sid, ids);
+                let claims = self.tokens.pair_claims(&subject, ids);
                 let pair = self.tokens.sign_pair(claims).await?;
                 Ok((SignedIn { pair, user }, RefreshKind::Grace))
             }

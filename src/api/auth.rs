@@ -14,7 +14,7 @@ use super::{
     users::{UserEnvelope, UserResponse},
 };
 use crate::{
-    accounts::{Registration, SignedIn},
+    accounts::{LoginOutcome, MfaChallenge, Registration, SignedIn},
     auth::csrf,
     state::AppState,
 };
@@ -116,7 +116,7 @@ pub enum TokenResult {
 
 impl TokenResult {
     /// The answer to a login or refresh: the pair in the body and in the cookies.
-    fn signed_in(state: &AppState, req: &Request, signed_in: SignedIn) -> Self {
+    pub(super) fn signed_in(state: &AppState, req: &Request, signed_in: SignedIn) -> Self {
         let pair = &signed_in.pair;
         CookiePolicy::of(&state.settings).set_session(
             req.cookie(),
@@ -125,6 +125,42 @@ impl TokenResult {
         );
         Self::Ok(Json(TokenPair::new(signed_in)))
     }
+}
+
+/// A login that waits for its second factor.
+#[derive(Debug, Clone, Object)]
+pub struct MfaRequired {
+    /// Always `true`.
+    pub mfa_required: bool,
+    /// Opaque, single use: send it with a code to `POST /api/v1/auth/mfa`. Dies after 5 wrong
+    /// codes.
+    pub mfa_token: String,
+    /// Seconds the `mfa_token` lives (300).
+    pub expires_in: i64,
+    /// `totp` (a code from the authenticator app) and `recovery_code`.
+    pub methods: Vec<String>,
+}
+
+impl MfaRequired {
+    fn new(challenge: MfaChallenge) -> Self {
+        Self {
+            mfa_required: true,
+            mfa_token: challenge.mfa_token,
+            expires_in: challenge.expires_in,
+            methods: vec!["totp".into(), "recovery_code".into()],
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum LoginResult {
+    /// A new token pair. Also sets the `access_token`, `refresh_token` and `logged_in` cookies.
+    #[oai(status = 200)]
+    Ok(Json<TokenPair>),
+    /// The password is right and the account has a second factor: finish the login with
+    /// `POST /api/v1/auth/mfa`.
+    #[oai(status = 202)]
+    SecondFactor(Json<MfaRequired>),
 }
 
 #[derive(ApiResponse)]
@@ -163,7 +199,8 @@ impl AuthApi {
     /// Log in with email and password.
     ///
     /// Starts a new session (one per device) and returns its token pair; browsers also get the
-    /// cookies. A wrong password and an unknown email get the same 401 `invalid_credentials`
+    /// cookies. An account with a second factor gets 202 with an `mfa_token` instead (no
+    /// tokens, no cookies, no session yet): finish with `POST /api/v1/auth/mfa`. A wrong password and an unknown email get the same 401 `invalid_credentials`
     /// after the same amount of work. The right password of a disabled account gets 403
     /// `account_disabled`; of an unverified one under `EMAIL_VERIFICATION=required`, 403
     /// `email_not_verified`.
@@ -173,13 +210,21 @@ impl AuthApi {
         state: poem::web::Data<&AppState>,
         req: &Request,
         body: JsonBody<LoginRequest>,
-    ) -> Result<TokenResult, Failure<LoginErrors>> {
+    ) -> Result<LoginResult, Failure<LoginErrors>> {
         let (email, password) = (text(body.0.email), text(body.0.password));
-        let signed_in = state
+        let outcome = state
             .accounts
             .login(email, password, &client(&state, req))
             .await?;
-        Ok(TokenResult::signed_in(&state, req, signed_in))
+        Ok(match outcome {
+            LoginOutcome::SignedIn(signed_in) => {
+                let TokenResult::Ok(pair) = TokenResult::signed_in(&state, req, *signed_in);
+                LoginResult::Ok(pair)
+            }
+            LoginOutcome::SecondFactor(challenge) => {
+                LoginResult::SecondFactor(Json(MfaRequired::new(challenge)))
+            }
+        })
     }
 
     /// Exchange a refresh token for a new pair (rotation).

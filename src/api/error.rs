@@ -48,6 +48,8 @@ pub enum ErrorCode {
     InvalidCredentials,
     /// 401: a refresh token was presented again after it had been rotated; the session is revoked.
     RefreshTokenReused,
+    /// 401: a wrong, replayed or used second-factor code, or a dead `mfa_token`.
+    MfaInvalid,
     /// 403: a cookie-authenticated unsafe request from an origin that is not allowed.
     CsrfRejected,
     /// 403: the account is disabled.
@@ -64,6 +66,10 @@ pub enum ErrorCode {
     EmailTaken,
     /// 409: the change would leave no active admin.
     LastAdmin,
+    /// 409: a second factor is already enabled.
+    MfaAlreadyEnabled,
+    /// 409: no second factor is enabled (or no enrollment waits for confirmation).
+    MfaNotEnabled,
     /// 413: the request body is larger than 64 KiB.
     PayloadTooLarge,
     /// 415: the request body is not `application/json`.
@@ -92,6 +98,7 @@ impl ErrorCode {
             TokenExpired => "the token has expired",
             InvalidCredentials => "wrong email or password",
             RefreshTokenReused => "a rotated-away refresh token; the session is revoked",
+            MfaInvalid => "a wrong or used second-factor code, or a dead mfa_token",
             CsrfRejected => "a cookie request from an origin that is not allowed",
             AccountDisabled => "the account is disabled",
             EmailNotVerified => "the address is not verified yet",
@@ -100,6 +107,8 @@ impl ErrorCode {
             MethodNotAllowed => "the route does not take this method",
             EmailTaken => "an account has this email",
             LastAdmin => "it would leave no active admin",
+            MfaAlreadyEnabled => "a second factor is already enabled",
+            MfaNotEnabled => "no second factor is enabled or being set up",
             PayloadTooLarge => "the body is larger than 64 KiB",
             UnsupportedMediaType => "send `Content-Type: application/json`",
             ValidationFailed => "see `details`",
@@ -121,11 +130,11 @@ impl ErrorCode {
         match self {
             MalformedRequest | LinkInvalid => StatusCode::BAD_REQUEST,
             MissingToken | InvalidToken | TokenExpired | InvalidCredentials
-            | RefreshTokenReused => StatusCode::UNAUTHORIZED,
+            | RefreshTokenReused | MfaInvalid => StatusCode::UNAUTHORIZED,
             CsrfRejected | AccountDisabled | EmailNotVerified | Forbidden => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            EmailTaken | LastAdmin => StatusCode::CONFLICT,
+            EmailTaken | LastAdmin | MfaAlreadyEnabled | MfaNotEnabled => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
@@ -531,6 +540,11 @@ impl From<AccountError> for ApiError {
             AccountError::LinkInvalid => Self::new(LinkInvalid, message),
             AccountError::EmailFlowsOff => Self::not_found(message),
             AccountError::LastAdmin => Self::new(LastAdmin, message),
+            AccountError::MfaInvalid => Self::new(MfaInvalid, message),
+            AccountError::MfaAlreadyEnabled => Self::new(MfaAlreadyEnabled, message),
+            AccountError::MfaNotEnabled | AccountError::MfaNotPending => {
+                Self::new(MfaNotEnabled, message)
+            }
             AccountError::NoSuchUser | AccountError::NoSuchSession => Self::not_found(message),
             AccountError::InvalidToken => Self::invalid_token(),
             AccountError::TokenExpired => Self::new(TokenExpired, message),

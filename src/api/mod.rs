@@ -13,6 +13,7 @@ pub mod guard;
 pub mod health;
 pub mod json_body;
 pub mod jwks;
+pub mod mfa;
 pub mod pages;
 pub mod request;
 pub mod sessions;
@@ -55,6 +56,7 @@ bodies that are not JSON, or fields of the wrong type, are 400 `malformed_reques
 pub type Api = (
     auth::AuthApi,
     email::EmailApi,
+    mfa::MfaApi,
     sessions::SessionsApi,
     users::UsersApi,
     admin::AdminApi,
@@ -69,6 +71,7 @@ pub fn service() -> OpenApiService<Api, ()> {
         (
             auth::AuthApi,
             email::EmailApi,
+            mfa::MfaApi,
             sessions::SessionsApi,
             users::UsersApi,
             admin::AdminApi,

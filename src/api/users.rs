@@ -46,6 +46,8 @@ pub struct UserResponse {
     /// Whether the user proved the address (a verification link, a password reset, a
     /// confirmed change of address).
     pub email_verified: bool,
+    /// Whether logging in needs a second factor (TOTP or a recovery code).
+    pub mfa_enabled: bool,
     #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339")]
@@ -65,6 +67,7 @@ impl From<user::Model> for UserResponse {
             email: user.email,
             role: user.role.as_str().to_owned(),
             email_verified: user.email_verified_at.is_some(),
+            mfa_enabled: user.mfa_enabled_at.is_some(),
             created_at: user.created_at,
             updated_at: user.updated_at,
         }
@@ -211,6 +214,7 @@ mod tests {
                 email: "ada@example.com".into(),
                 role: "admin".into(),
                 email_verified: true,
+                mfa_enabled: false,
                 created_at: at,
                 updated_at: at + chrono::Duration::days(1),
             },

@@ -3,6 +3,7 @@
 
 pub mod csrf;
 pub mod keys;
+pub mod mfa;
 pub mod password;
 pub mod rs256;
 pub mod tokens;

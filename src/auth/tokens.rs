@@ -26,6 +26,33 @@ use super::{
 /// `typ` claim of refresh tokens. Access tokens carry none.
 pub const REFRESH_TYP: &str = "refresh";
 
+/// How the user proved who they are, as the `amr` claim says (RFC 8176): a password, or a
+/// password and a one-time code (TOTP or recovery code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Amr {
+    #[default]
+    Password,
+    PasswordAndOtp,
+}
+
+impl Amr {
+    pub fn values(self) -> Vec<String> {
+        match self {
+            Amr::Password => vec!["pwd".into()],
+            Amr::PasswordAndOtp => vec!["pwd".into(), "otp".into()],
+        }
+    }
+
+    /// The `amr` of verified claims (tokens from before `amr` existed: a password).
+    pub fn of(values: &[String]) -> Self {
+        if values.iter().any(|v| v == "otp") {
+            Amr::PasswordAndOtp
+        } else {
+            Amr::Password
+        }
+    }
+}
+
 /// Claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AccessClaims {
@@ -38,6 +65,9 @@ pub struct AccessClaims {
     pub nbf: i64,
     pub exp: i64,
     pub role: String,
+    /// How the user signed in: `["pwd"]` or `["pwd", "otp"]`.
+    #[serde(default)]
+    pub amr: Vec<String>,
     /// Always absent on access tokens; a token that has it is not an access token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub typ: Option<String>,
@@ -54,6 +84,9 @@ pub struct RefreshClaims {
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
+    /// The session's `amr`, handed on to every pair its refreshes mint.
+    #[serde(default)]
+    pub amr: Vec<String>,
     pub typ: String,
 }
 
@@ -105,6 +138,15 @@ impl PairIds {
         };
         parts.next().is_none().then_some(ids)
     }
+}
+
+/// Whose pair: the user, their role, the session and how it was signed in to.
+#[derive(Debug, Clone, Copy)]
+pub struct PairSubject<'a> {
+    pub user_id: Uuid,
+    pub role: &'a str,
+    pub sid: Uuid,
+    pub amr: Amr,
 }
 
 /// An access and a refresh token minted together for one session.
@@ -230,19 +272,21 @@ impl TokenService {
         &self.settings
     }
 
-    /// Claims for a fresh pair of session `sid`: new `jti`s, `iat` = now.
-    pub fn new_pair_claims(&self, user_id: Uuid, role: &str, sid: Uuid) -> PairClaims {
+    /// Claims for a fresh pair of `session`: new `jti`s, `iat` = now.
+    pub fn new_pair_claims(&self, session: &PairSubject<'_>) -> PairClaims {
         let ids = PairIds {
             access_jti: Uuid::new_v4(),
             refresh_jti: Uuid::new_v4(),
             iat: chrono::Utc::now().timestamp(),
         };
-        self.pair_claims(user_id, role, sid, ids)
+        self.pair_claims(session, ids)
     }
 
     /// The claims of the pair with these ids and issue time: signing them again gives the very
     /// tokens first issued with them (RS256 is deterministic).
-    pub fn pair_claims(&self, user_id: Uuid, role: &str, sid: Uuid, ids: PairIds) -> PairClaims {
+    pub fn pair_claims(&self, session: &PairSubject<'_>, ids: PairIds) -> PairClaims {
+        let (user_id, role, sid) = (session.user_id, session.role, session.sid);
+        let amr = session.amr.values();
         let now = ids.iat;
         PairClaims {
             access: AccessClaims {
@@ -255,6 +299,7 @@ impl TokenService {
                 nbf: now,
                 exp: now + self.settings.access_ttl_secs(),
                 role: role.to_owned(),
+                amr: amr.clone(),
                 typ: None,
             },
             refresh: RefreshClaims {
@@ -266,20 +311,18 @@ impl TokenService {
                 iat: now,
                 nbf: now,
                 exp: now + self.settings.refresh_ttl_secs(),
+                amr,
                 typ: REFRESH_TYP.to_owned(),
             },
         }
     }
 
-    /// Mints a fresh pair for session `sid`.
+    /// Mints a fresh pair for `session`.
     pub async fn issue_pair(
         self: &Arc<Self>,
-        user_id: Uuid,
-        role: &str,
-        sid: Uuid,
+        session: &PairSubject<'_>,
     ) -> anyhow::Result<IssuedPair> {
-        self.sign_pair(self.new_pair_claims(user_id, role, sid))
-            .await
+        self.sign_pair(self.new_pair_claims(session)).await
     }
 
     /// Signs both tokens of a pair. RSA signing takes hundreds of microseconds, so it runs on a

@@ -18,11 +18,18 @@ pub async fn generate(
     let paths = KeyPaths::in_dir(&dir);
     let present = dir.join(keys::MANIFEST_FILE).exists() || paths.all().iter().all(|p| p.exists());
     if if_missing && present {
+        if crate::startup::mfa::ensure_key_file(&dir)? {
+            println!(
+                "wrote {} (0600)",
+                dir.join(crate::startup::mfa::MFA_KEY_FILE).display()
+            );
+        }
         println!("{} has its keys: nothing to do", dir.display());
         return Ok(());
     }
-    let paths =
-        tokio::task::spawn_blocking(move || keys::generate_key_dir(&dir, bits, force)).await??;
+    let key_dir = dir.clone();
+    let paths = tokio::task::spawn_blocking(move || keys::generate_key_dir(&key_dir, bits, force))
+        .await??;
     println!(
         "wrote {} (0600), {}, {} (0600), {}",
         paths.access_private.display(),
@@ -30,6 +37,14 @@ pub async fn generate(
         paths.refresh_private.display(),
         paths.refresh_public.display()
     );
+    // The second factor's sealing key lives beside the RSA keys (kept if present: replacing
+    // it would make every enrolled secret unreadable).
+    if crate::startup::mfa::ensure_key_file(&dir)? {
+        println!(
+            "wrote {} (0600)",
+            dir.join(crate::startup::mfa::MFA_KEY_FILE).display()
+        );
+    }
     Ok(())
 }
 

@@ -42,6 +42,11 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage the second factor's encryption key.
+    Mfa {
+        #[command(subcommand)]
+        command: MfaCommand,
+    },
     /// Print the OpenAPI spec.
     Openapi {
         /// Print YAML instead of JSON.
@@ -144,6 +149,19 @@ pub enum UserCommand {
         #[arg(long, value_enum)]
         role: RoleArg,
     },
+    /// Remove the account's second factor (a lost device); every session of the user ends.
+    ResetMfa {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MfaCommand {
+    /// Re-seal every TOTP secret with the current MFA_ENCRYPTION_KEY, after a key rotation
+    /// (start the service with the new key in MFA_ENCRYPTION_KEY and the old one in
+    /// MFA_ENCRYPTION_KEY_PREVIOUS, run this, then remove the old key).
+    Reseal,
 }
 
 /// Runs a parsed command. Settings are loaded only by the commands that need them.
@@ -175,7 +193,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 verified,
             } => user::create(email, name, role.into(), verified).await,
             UserCommand::SetRole { email, role } => user::set_role(&email, role.into()).await,
+            UserCommand::ResetMfa { email } => user::reset_mfa(&email).await,
         },
+        Command::Mfa {
+            command: MfaCommand::Reseal,
+        } => user::reseal_mfa().await,
         Command::Openapi { yaml } => {
             if yaml {
                 print!("{}", crate::api::spec_yaml());

@@ -62,3 +62,28 @@ pub async fn set_role(email: &str, role: Role) -> anyhow::Result<()> {
     println!("{} is now {}", user.email, user.role.as_str());
     Ok(())
 }
+
+/// `user reset-mfa`: removes the user's second factor (a lost device) and ends their sessions.
+pub async fn reset_mfa(email: &str) -> anyhow::Result<()> {
+    let services = startup::services(Settings::from_env()?, Purpose::Command).await?;
+    let accounts = &services.accounts;
+    let user = accounts.user_by_email(email).await?;
+    let cli = serde_json::json!("cli");
+    accounts
+        .reset_mfa(user.id, cli, &ClientInfo::local())
+        .await?;
+    println!("{}: second factor removed, every session ended", user.email);
+    Ok(())
+}
+
+/// `mfa reseal`: after `MFA_ENCRYPTION_KEY` changed (the old key in
+/// `MFA_ENCRYPTION_KEY_PREVIOUS`), seals every TOTP secret under the new key.
+pub async fn reseal_mfa() -> anyhow::Result<()> {
+    let services = startup::services(Settings::from_env()?, Purpose::Command).await?;
+    let resealed = services.accounts.reseal_mfa_secrets().await?;
+    println!(
+        "{resealed} TOTP secret(s) re-sealed with the current MFA_ENCRYPTION_KEY; \
+         MFA_ENCRYPTION_KEY_PREVIOUS can now be removed"
+    );
+    Ok(())
+}

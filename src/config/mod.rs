@@ -7,6 +7,7 @@
 //! [`crate::auth::keys`] when the keys are loaded.
 
 mod email;
+mod mfa;
 mod read;
 mod rules;
 mod vars;
@@ -16,6 +17,7 @@ use std::{collections::HashMap, fmt, time::Duration};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
+pub use self::mfa::MfaSettings;
 pub use self::rules::{MAX_ACCESS_TTL, MAX_KEYS_RELOAD, MAX_REFRESH_GRACE, MAX_REFRESH_TTL};
 use crate::{
     accounts::AccountPolicy,
@@ -151,6 +153,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub audit: AuditSettings,
     pub mail: MailSettings,
+    pub mfa: MfaSettings,
     pub log_format: LogFormat,
 }
 

@@ -55,6 +55,7 @@ pub(super) fn settings(vars: &Vars<'_>) -> Result<Settings, ConfigError> {
             },
         },
         mail: super::email::mail(vars)?,
+        mfa: super::mfa::read(vars),
         log_format: match vars.get("LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,

@@ -24,6 +24,7 @@ pub(super) fn validate(settings: &Settings) -> Result<(), ConfigError> {
     if settings.is_production() {
         production(settings)?;
     }
+    super::mfa::check(settings)?;
     super::email::check(settings)
 }
 

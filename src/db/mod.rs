@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod entities;
 pub mod links;
+pub mod mfa;
 pub mod outbox;
 pub mod reads;
 pub mod users;
@@ -13,7 +14,9 @@ use std::{path::Path, time::Duration};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, DatabaseConnection, DbErr};
 
-use self::{audit::AuditEvents, links::LinkTokens, outbox::Outbox, reads::Reads, users::Users};
+use self::{
+    audit::AuditEvents, links::LinkTokens, mfa::Mfa, outbox::Outbox, reads::Reads, users::Users,
+};
 
 /// The service's one database handle: the queries of each table go through its repository
 /// ([`Database::users`], [`Database::audit`]), which picks the connection a query runs on.
@@ -47,6 +50,10 @@ impl Database {
 
     pub fn links(&self) -> LinkTokens<'_> {
         LinkTokens::new(&self.conn)
+    }
+
+    pub fn mfa(&self) -> Mfa<'_> {
+        Mfa::new(&self.conn)
     }
 
     pub fn outbox(&self) -> Outbox<'_> {

@@ -52,6 +52,7 @@ impl<'a> Users<'a> {
             role: Set(new.role),
             disabled: Set(false),
             email_verified_at: Set(new.verified.then_some(now)),
+            mfa_enabled_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         }

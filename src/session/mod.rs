@@ -8,6 +8,7 @@
 //! A session is one login on one device. It holds the `jti` of its current access token and of
 //! its current refresh token; rotation swaps both in one atomic step.
 
+pub mod challenge;
 pub mod memory;
 pub mod redis;
 

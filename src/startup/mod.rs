@@ -2,6 +2,7 @@
 //! `Application::build` with port 0; the command line builds the same [`Services`].
 
 mod http;
+pub mod mfa;
 mod tasks;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
@@ -21,7 +22,12 @@ use crate::{
     db::Database,
     limits::{LimitStore, Limiter, memory::MemoryLimits, redis::RedisLimits},
     mail::{MailError, MailQueue, Mailer},
-    session::{SessionStore, memory::MemoryStore, redis::RedisStore},
+    session::{
+        SessionStore,
+        challenge::{ChallengeStore, MemoryChallenges, RedisChallenges},
+        memory::MemoryStore,
+        redis::RedisStore,
+    },
     state::{AppState, Services},
     store::{BackendError, redis::RedisClient},
     telemetry::metrics::Metrics,
@@ -41,6 +47,8 @@ pub enum StartupError {
     Redis(#[from] BackendError),
     #[error("mail")]
     Mail(#[from] MailError),
+    #[error("the MFA key")]
+    MfaKey(#[from] mfa::MfaKeyError),
     #[error("listening on {addr}: {source}")]
     Bind {
         addr: String,
@@ -65,6 +73,7 @@ pub enum Purpose {
 pub async fn services(mut settings: Settings, purpose: Purpose) -> Result<Services, StartupError> {
     settings.validate()?;
     settings.resolve_public_url(None);
+    let mfa = mfa::setup(&mut settings)?;
     let keys = {
         let source = settings.keys.source.clone();
         let rules = settings.keys.load_rules();
@@ -76,7 +85,7 @@ pub async fn services(mut settings: Settings, purpose: Purpose) -> Result<Servic
     let db = Database::connect(settings.database.url.expose(), settings.database.pool_size).await?;
     db.migrate().await?;
     let metrics = Arc::new(Metrics::new());
-    let (sessions, limit_store, session_snapshot) = stores(&settings, purpose).await?;
+    let backends = stores(&settings, purpose).await?;
     let tokens = Arc::new(TokenService::new(keys, settings.tokens.clone()));
     let mailer = match purpose {
         Purpose::Serve if settings.accounts.email.enabled => Some(Arc::new(mailer(&settings)?)),
@@ -85,13 +94,15 @@ pub async fn services(mut settings: Settings, purpose: Purpose) -> Result<Servic
     let mail_queue = MailQueue::new();
     let stores = Stores {
         db: db.clone(),
-        sessions,
-        limits: Limiter::new(limit_store, settings.limits.clone(), metrics.clone()),
+        sessions: backends.sessions,
+        limits: Limiter::new(backends.limits, settings.limits.clone(), metrics.clone()),
         passwords: PasswordService::new(&settings.passwords, metrics.clone())?,
         tokens: tokens.clone(),
         audit: Audit::new(db.clone(), metrics.clone()),
         metrics: metrics.clone(),
         mail_queue: mail_queue.clone(),
+        challenges: backends.challenges,
+        mfa,
     };
     Ok(Services {
         accounts: Accounts::new(stores, settings.accounts.clone()),
@@ -99,7 +110,7 @@ pub async fn services(mut settings: Settings, purpose: Purpose) -> Result<Servic
         db,
         settings: Arc::new(settings),
         metrics,
-        session_snapshot,
+        session_snapshot: backends.snapshot,
         mailer,
         mail_queue,
     })
@@ -121,18 +132,19 @@ fn mailer(settings: &Settings) -> Result<Mailer, MailError> {
     }
 }
 
-/// The session store, the limit store, and for the embedded default the in-process sessions
-/// with the file that keeps them across restarts.
-type Stores3 = (
-    Arc<dyn SessionStore>,
-    Arc<dyn LimitStore>,
-    Option<(Arc<MemoryStore>, PathBuf)>,
-);
+/// What lives in Redis, or in process in the embedded default.
+struct Backends {
+    sessions: Arc<dyn SessionStore>,
+    limits: Arc<dyn LimitStore>,
+    challenges: Arc<dyn ChallengeStore>,
+    /// The in-process sessions and the file that keeps them across restarts.
+    snapshot: Option<(Arc<MemoryStore>, PathBuf)>,
+}
 
-/// The session store and the limit store: in Redis when `REDIS_URL` is set, else in process
-/// (the sessions then kept beside a SQLite file between runs, so a restart of `cargo run`
-/// signs nobody out).
-async fn stores(settings: &Settings, purpose: Purpose) -> Result<Stores3, StartupError> {
+/// The session store, the limit store and the second-factor challenges: in Redis when
+/// `REDIS_URL` is set, else in process (the sessions then kept beside a SQLite file between
+/// runs, so a restart of `cargo run` signs nobody out).
+async fn stores(settings: &Settings, purpose: Purpose) -> Result<Backends, StartupError> {
     let Some(url) = &settings.redis.url else {
         tracing::debug!("REDIS_URL unset: sessions and rate limits stay in process");
         let snapshot = crate::db::sqlite_dir(settings.database.url.expose())
@@ -142,8 +154,12 @@ async fn stores(settings: &Settings, purpose: Purpose) -> Result<Stores3, Startu
             Some(path) => MemoryStore::restore(path),
             None => MemoryStore::new(),
         });
-        let kept = snapshot.map(|path| (sessions.clone(), path));
-        return Ok((sessions, Arc::new(MemoryLimits::new()), kept));
+        return Ok(Backends {
+            snapshot: snapshot.map(|path| (sessions.clone(), path)),
+            sessions,
+            limits: Arc::new(MemoryLimits::new()),
+            challenges: Arc::new(MemoryChallenges::new()),
+        });
     };
     let redis = RedisClient::new(
         url.expose(),
@@ -152,12 +168,12 @@ async fn stores(settings: &Settings, purpose: Purpose) -> Result<Stores3, Startu
     )?;
     redis.ping().await?;
     let prefix = &settings.redis.key_prefix;
-    let sessions = RedisStore::new(redis.clone(), prefix);
-    Ok((
-        Arc::new(sessions),
-        Arc::new(RedisLimits::new(redis, prefix)),
-        None,
-    ))
+    Ok(Backends {
+        sessions: Arc::new(RedisStore::new(redis.clone(), prefix)),
+        limits: Arc::new(RedisLimits::new(redis.clone(), prefix)),
+        challenges: Arc::new(RedisChallenges::new(redis, prefix)),
+        snapshot: None,
+    })
 }
 
 /// The file beside the SQLite database that keeps the in-process sessions between runs.

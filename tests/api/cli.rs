@@ -10,7 +10,8 @@ use reqwest::StatusCode;
 
 use crate::helpers::{Backend, TestApp, status_and_json};
 
-fn latchkey(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+/// Runs the binary in `dir` with only `env` set, `stdin` piped in.
+pub fn latchkey(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
         .args(args)
         .current_dir(dir)
@@ -177,7 +178,7 @@ fn keys_generate_writes_0600_private_keys_and_refuses_to_overwrite() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        for name in ["access_private.pem", "refresh_private.pem"] {
+        for name in ["access_private.pem", "refresh_private.pem", "mfa.key"] {
             let mode = std::fs::metadata(keys.join(name))
                 .unwrap()
                 .permissions()
@@ -200,6 +201,7 @@ fn keys_generate_writes_0600_private_keys_and_refuses_to_overwrite() {
     }
 
     let before = std::fs::read(keys.join("access_private.pem")).unwrap();
+    let mfa_key = std::fs::read(keys.join("mfa.key")).unwrap();
     // A container's first start generates, every later one finds the keys and goes on.
     let output = latchkey(
         dir.path(),
@@ -232,6 +234,23 @@ fn keys_generate_writes_0600_private_keys_and_refuses_to_overwrite() {
         std::fs::read(keys.join("access_private.pem")).unwrap(),
         before
     );
+    // The MFA key survives --force (replacing it would lose every enrolled secret), and a key
+    // directory from before it existed gets one with --if-missing.
+    assert_eq!(std::fs::read(keys.join("mfa.key")).unwrap(), mfa_key);
+    std::fs::remove_file(keys.join("mfa.key")).unwrap();
+    let output = latchkey(
+        dir.path(),
+        &["keys", "generate", "--dir", "k", "--if-missing"],
+        &[],
+        "",
+    );
+    assert!(output.status.success());
+    let key = std::fs::read_to_string(keys.join("mfa.key")).unwrap();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .unwrap();
+    assert_eq!(bytes.len(), 32);
 }
 
 #[test]

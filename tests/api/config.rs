@@ -28,6 +28,7 @@ fn production_vars() -> HashMap<String, String> {
             "smtps://mailer:secret@smtp.example.com:465".into(),
         ),
         ("MAIL_FROM", "Example <no-reply@example.com>".into()),
+        ("MFA_ENCRYPTION_KEY", STANDARD.encode([7u8; 32])),
         ("ACCESS_TOKEN_PRIVATE_KEY", b64(&KEYS.access.private_pem)),
         ("ACCESS_TOKEN_PUBLIC_KEY", b64(&KEYS.access.public_pem)),
         ("REFRESH_TOKEN_PRIVATE_KEY", b64(&KEYS.refresh.private_pem)),
@@ -533,4 +534,37 @@ fn email_lifetimes_and_verification_mode_are_read_and_checked() {
         vars.insert(var.into(), value.into());
         assert!(refusal(&vars).contains(var), "{var}={value}");
     }
+}
+
+#[test]
+fn production_needs_an_mfa_encryption_key_of_32_bytes() {
+    let mut vars = production_vars();
+    vars.remove("MFA_ENCRYPTION_KEY");
+    let message = refusal(&vars);
+    assert!(
+        message.contains("MFA_ENCRYPTION_KEY") && message.contains("openssl rand"),
+        "{message}"
+    );
+    for bad in ["c2hvcnQ=", "not base64 at all"] {
+        vars.insert("MFA_ENCRYPTION_KEY".into(), bad.into());
+        let message = refusal(&vars);
+        assert!(message.contains("MFA_ENCRYPTION_KEY"), "{message}");
+        assert!(!message.contains(bad), "the key is not echoed: {message}");
+    }
+    vars.insert(
+        "MFA_ENCRYPTION_KEY".into(),
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+    );
+    vars.insert("MFA_ENCRYPTION_KEY_PREVIOUS".into(), "short".into());
+    assert!(refusal(&vars).contains("MFA_ENCRYPTION_KEY_PREVIOUS"));
+    vars.remove("MFA_ENCRYPTION_KEY_PREVIOUS");
+    vars.insert("MFA_ISSUER".into(), "Example: Auth".into());
+    assert!(refusal(&vars).contains("MFA_ISSUER"));
+    vars.insert("MFA_ISSUER".into(), "Example Auth".into());
+    let settings = Settings::from_vars(&vars).unwrap();
+    assert_eq!(settings.mfa.issuer, "Example Auth");
+    assert!(
+        !format!("{settings:?}").contains("AAAAAAAAAAAAAAAA"),
+        "the key is not in Debug"
+    );
 }

@@ -117,14 +117,17 @@ behind_a_cut_proxy!(
     a_mail_queued_before_a_restart_goes_out_once_after_it
 );
 
-async fn cut_smtp(backend: Backend) -> (TestApp, Proxy) {
+/// An instance whose SMTP server is cut, retrying after `retry`.
+async fn cut_smtp(backend: Backend, retry: Duration) -> (TestApp, Proxy) {
     let proxy = Proxy::start(SMTP.addr).await;
     proxy.cut();
     let url = format!("smtp://127.0.0.1:{}", proxy.port);
-    (
-        TestApp::spawn_with(backend, |s| send_to(s, &url)).await,
-        proxy,
-    )
+    let configure = |s: &mut latchkey::config::Settings| {
+        send_to(s, &url);
+        s.mail.delivery.retry_base = retry;
+        s.mail.delivery.retry_max = retry;
+    };
+    (TestApp::spawn_with(backend, configure).await, proxy)
 }
 
 backend_tests!(with(required) => required_verification_keeps_unverified_accounts_out);
@@ -615,7 +618,7 @@ async fn opening_a_link_page_spends_nothing_and_the_page_is_locked_down(app: Tes
 }
 
 async fn an_smtp_outage_delays_mail_and_loses_none(backend: Backend) {
-    let (app, proxy) = cut_smtp(backend).await;
+    let (app, proxy) = cut_smtp(backend, Duration::from_millis(100)).await;
     let user = TestUser::generate();
     let started = tokio::time::Instant::now();
     let id = register(&app, &user).await;
@@ -639,7 +642,9 @@ async fn an_smtp_outage_delays_mail_and_loses_none(backend: Backend) {
 }
 
 async fn a_mail_queued_before_a_restart_goes_out_once_after_it(backend: Backend) {
-    let (app, proxy) = cut_smtp(backend).await;
+    // The retry waits long enough that the restart comes before it: no attempt is in flight
+    // (leased to the stopping worker) when the instance stops.
+    let (app, proxy) = cut_smtp(backend, Duration::from_secs(3)).await;
     let user = TestUser::generate();
     register(&app, &user).await;
     // A failed attempt recorded (not one in flight: a mail being sent is leased to its worker).

@@ -681,6 +681,15 @@ impl TestApp {
             .expect("KEYS")
     }
 
+    /// The remaining time to live of a Redis key, in seconds (-2: no such key).
+    pub async fn redis_ttl(&self, key: &str) -> i64 {
+        redis::cmd("TTL")
+            .arg(key)
+            .query_async(&mut self.redis_conn().await)
+            .await
+            .expect("TTL")
+    }
+
     /// Writes one field of a Redis hash, as someone with access to Redis could.
     pub async fn redis_hset(&self, key: &str, field: &str, value: &str) {
         let _: i64 = redis::cmd("HSET")

@@ -20,6 +20,7 @@ mod keys;
 mod lifecycle;
 mod limit_store;
 mod malformed;
+mod mfa;
 mod observability;
 mod products;
 mod proxy;

@@ -70,6 +70,8 @@ pub struct Model {
     pub disabled: bool,
     /// When the address was proved; `None` while it is not.
     pub email_verified_at: Option<DateTimeUtc>,
+    /// When a second factor (TOTP) was confirmed; `None` without one.
+    pub mfa_enabled_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
