@@ -121,6 +121,7 @@ impl DiscoveryApi {
                 "nbf",
                 "exp",
                 "role",
+                "amr",
                 "name",
                 "email",
                 "email_verified",

@@ -71,6 +71,7 @@ async fn discovery_names_the_issuer_of_the_tokens_and_where_their_keys_are(app: 
         "email",
         "email_verified",
         "role",
+        "amr",
         "iss",
         "aud",
     ] {
