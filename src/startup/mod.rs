@@ -23,7 +23,10 @@ use crate::{
     mail::{MailError, MailQueue, Mailer},
     session::{SessionStore, memory::MemoryStore, redis::RedisStore},
     state::{AppState, Services},
-    store::{BackendError, redis::RedisClient},
+    store::{
+        BackendError,
+        redis::{RedisClient, RedisTarget},
+    },
     telemetry::metrics::Metrics,
 };
 
@@ -145,11 +148,7 @@ async fn stores(settings: &Settings, purpose: Purpose) -> Result<Stores3, Startu
         let kept = snapshot.map(|path| (sessions.clone(), path));
         return Ok((sessions, Arc::new(MemoryLimits::new()), kept));
     };
-    let redis = RedisClient::new(
-        url.expose(),
-        settings.redis.access,
-        settings.redis.pool_size,
-    )?;
+    let redis = RedisClient::new(url.expose(), &settings.redis.options()?)?;
     redis.ping().await?;
     let prefix = &settings.redis.key_prefix;
     let sessions = RedisStore::new(redis.clone(), prefix);
@@ -245,7 +244,10 @@ impl Application {
             KeySource::Inline(_) => "from the environment (base64 PEM)".into(),
         };
         let sessions = match &settings.redis.url {
-            Some(url) => format!("Redis {url:?}"),
+            Some(url) => match RedisTarget::parse(url.expose()) {
+                Ok(target) => target.to_string(),
+                Err(_) => format!("Redis {url:?}"),
+            },
             None => "in process (kept across restarts beside the database file)".into(),
         };
         let mode = if settings.is_production() {

@@ -23,6 +23,7 @@ mod malformed;
 mod observability;
 mod products;
 mod proxy;
+mod redis_servers;
 mod secrets;
 mod session_store;
 mod sessions;
