@@ -244,10 +244,14 @@ impl Application {
             KeySource::Inline(_) => "from the environment (base64 PEM)".into(),
         };
         let sessions = match &settings.redis.url {
-            Some(url) => match RedisTarget::parse(url.expose()) {
-                Ok(target) => target.to_string(),
-                Err(_) => format!("Redis {url:?}"),
-            },
+            Some(url) => {
+                let target = RedisTarget::parse(url.expose())
+                    .map_or_else(|_| format!("Redis {url:?}"), |target| target.to_string());
+                match &settings.redis.ca_cert {
+                    Some(ca) => format!("{target} (CA {})", ca.display()),
+                    None => target,
+                }
+            }
             None => "in process (kept across restarts beside the database file)".into(),
         };
         let mode = if settings.is_production() {

@@ -133,19 +133,18 @@ impl RedisTarget {
         let mut addresses = Vec::new();
         for host in hosts.split(',').map(str::trim) {
             let node = format!("{scheme}://{userinfo}{host}");
+            let expected = || RedisUrlError(format!("names the node {host:?}: expected host:port"));
             let info = node
                 .as_str()
                 .into_connection_info()
-                .map_err(|err| RedisUrlError(format!("names the node {host:?}: {err}")))?;
+                .map_err(|_| expected())?;
             if host.is_empty()
                 || !matches!(
                     info.addr(),
                     ConnectionAddr::Tcp(..) | ConnectionAddr::TcpTls { .. }
                 )
             {
-                return Err(RedisUrlError(format!(
-                    "names the node {host:?}: expected host:port"
-                )));
+                return Err(expected());
             }
             addresses.push(info.addr().to_string());
             nodes.push(node);

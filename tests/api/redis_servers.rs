@@ -206,7 +206,7 @@ pub struct TestCerts {
 }
 
 impl TestCerts {
-    fn write(dir: &Path) -> Result<Self, String> {
+    pub fn write(dir: &Path) -> Result<Self, String> {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
         let error = |e: rcgen::Error| format!("test certificates: {e}");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(error)?;
