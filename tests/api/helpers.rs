@@ -216,6 +216,8 @@ pub enum Group {
     PostgresRedisTls,
     /// PostgreSQL and the Redis Cluster.
     PostgresRedisCluster,
+    /// `redis-server` and `redis-cli`, for a Redis Cluster of the test's own.
+    OwnRedisCluster,
     /// An `nginx` binary (forward auth through a real reverse proxy).
     Nginx,
     /// Python 3 with PyJWT and cryptography (a verifier outside Rust).
@@ -234,6 +236,7 @@ impl Group {
             Group::RedisCluster => "redis_cluster store contract (Redis Cluster)",
             Group::PostgresRedisTls => "postgres_redis_tls (PostgreSQL + TLS Redis)",
             Group::PostgresRedisCluster => "postgres_redis_cluster (PostgreSQL + Redis Cluster)",
+            Group::OwnRedisCluster => "own Redis Cluster (failover)",
             Group::Nginx => "nginx forward auth",
             Group::PyJwt => "PyJWT verifier",
             Group::Browser => "headless Chromium",
@@ -263,6 +266,8 @@ pub fn available(group: Group) -> bool {
         Group::PostgresRedisCluster => {
             reachable(&postgres_admin_url(), 5432).or_else(|| started(&CLUSTER))
         }
+        Group::OwnRedisCluster => missing_program("redis-server", &["--version"])
+            .or_else(|| missing_program("redis-cli", &["--version"])),
         Group::Nginx => missing_program("nginx", &["-v"]),
         Group::PyJwt => missing_program("python3", &["-c", "import jwt, cryptography"]),
         Group::Browser => missing_program(crate::browser::CHROMEDRIVER, &["--version"])

@@ -24,7 +24,7 @@ backend_tests!(
     refresh_accepts_the_cookie_when_the_body_is_empty,
 );
 
-async fn full_lifecycle_with_bearer_tokens(app: TestApp) {
+pub async fn full_lifecycle_with_bearer_tokens(app: TestApp) {
     let user = TestUser::generate();
 
     // Register

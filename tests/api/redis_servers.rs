@@ -382,6 +382,40 @@ impl Cluster {
         }
         Ok(())
     }
+
+    /// The port of the primary serving `key`'s slot, as node `via` sees it.
+    pub fn primary_for(&self, key: &str) -> Result<u16, String> {
+        let via = self.nodes[0].port;
+        let certs = self.certs.as_ref();
+        let slot: u16 = cli(via, certs, &["cluster", "keyslot", key])?
+            .parse()
+            .map_err(|e| format!("keyslot: {e}"))?;
+        let nodes = cli(via, certs, &["cluster", "nodes"])?;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let serves = fields.iter().skip(8).any(|range| {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                from.parse().is_ok_and(|from: u16| from <= slot)
+                    && to.parse().is_ok_and(|to: u16| slot <= to)
+            });
+            if fields.len() > 8 && fields[2].contains("master") && serves {
+                let port = fields[1].split(['@', ':']).nth(1).unwrap_or_default();
+                return port
+                    .parse()
+                    .map_err(|e| format!("cluster nodes {line:?}: {e}"));
+            }
+        }
+        Err(format!("no primary serves slot {slot}: {nodes}"))
+    }
+
+    /// Kills the node on `port` (SIGKILL, as in a crash); returns the ports left.
+    pub fn kill(&mut self, port: u16) -> Vec<u16> {
+        for node in self.nodes.iter_mut().filter(|node| node.port == port) {
+            node.kill();
+        }
+        self.nodes.retain(|node| node.port != port);
+        self.ports().collect()
+    }
 }
 
 /// A plain Redis of one test's own, on a free port, that the test can stop and restart.
