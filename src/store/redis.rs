@@ -226,7 +226,7 @@ impl RedisClient {
             root_cert: Some(pem),
         });
         if target.cluster {
-            return Ok(Self::Cluster(cluster(&target, certs)?));
+            return Ok(Self::Cluster(cluster_connection(&target, certs)?));
         }
         let client = match certs {
             Some(certs) => redis::Client::build_with_tls(url, certs)?,
@@ -292,7 +292,7 @@ fn pool(client: redis::Client, size: usize) -> Result<RedisClient, BackendError>
 
 /// The cluster connection: it learns the slots from the nodes named, then follows MOVED
 /// answers and failovers by itself.
-fn cluster(
+fn cluster_connection(
     target: &RedisTarget,
     certs: Option<TlsCertificates>,
 ) -> Result<ClusterConnection, BackendError> {
