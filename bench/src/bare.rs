@@ -121,7 +121,7 @@ impl Bare {
         let sessions: Arc<dyn SessionStore> = match &state.settings.redis.url {
             Some(url) => {
                 let redis = &state.settings.redis;
-                let client = RedisClient::new(url.expose(), redis.access, redis.pool_size)?;
+                let client = RedisClient::new(url.expose(), &redis.options()?)?;
                 Arc::new(RedisStore::new(client, &redis.key_prefix))
             }
             None => Arc::new(MemoryStore::new()),

@@ -29,7 +29,10 @@ use crate::{
     },
     limits::LimitSettings,
     mail::DeliverySettings,
-    store::redis::RedisAccess,
+    store::{
+        BackendError,
+        redis::{RedisAccess, RedisOptions, read_ca_pem},
+    },
     telemetry::LogFormat,
 };
 
@@ -104,6 +107,26 @@ pub struct RedisSettings {
     pub access: RedisAccess,
     /// Most connections with `REDIS_ACCESS=pooled`.
     pub pool_size: usize,
+    /// A PEM bundle of the private CA that signed Redis's TLS certificate (`REDIS_CA_CERT`);
+    /// `None`: the system's CAs.
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
+impl RedisSettings {
+    /// How to connect: the access pattern and the CA bundle (read now).
+    pub fn options(&self) -> Result<RedisOptions, BackendError> {
+        let ca_pem = match &self.ca_cert {
+            Some(path) => Some(read_ca_pem(path).map_err(|why| {
+                BackendError::Config(format!("REDIS_CA_CERT={}: {why}", path.display()))
+            })?),
+            None => None,
+        };
+        Ok(RedisOptions {
+            access: self.access,
+            pool_size: self.pool_size,
+            ca_pem,
+        })
+    }
 }
 
 /// The RSA keys and their publication.

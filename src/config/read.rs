@@ -133,6 +133,7 @@ fn redis(vars: &Vars<'_>) -> Result<RedisSettings, ConfigError> {
             .unwrap_or_else(|| "latchkey:".into()),
         access,
         pool_size: vars.number("REDIS_POOL_SIZE", 32)?,
+        ca_cert: vars.get("REDIS_CA_CERT").map(PathBuf::from),
     })
 }
 

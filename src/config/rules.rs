@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use super::{ConfigError, Settings};
-use crate::auth::password::Argon2Settings;
+use crate::{
+    auth::password::Argon2Settings,
+    store::redis::{RedisAccess, RedisTarget, read_ca_pem},
+};
 
 /// Upper bounds on token lifetimes: beyond them a token is effectively permanent.
 pub const MAX_ACCESS_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -175,6 +178,7 @@ fn http(settings: &Settings) -> Result<(), ConfigError> {
 }
 
 fn stores(settings: &Settings) -> Result<(), ConfigError> {
+    redis(settings)?;
     let prefix = &settings.redis.key_prefix;
     if prefix.contains(['{', '}']) {
         return Err(ConfigError::refused(
@@ -206,6 +210,49 @@ fn stores(settings: &Settings) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// `REDIS_URL` readable as one of its forms, and `REDIS_CA_CERT` only beside TLS, readable.
+fn redis(settings: &Settings) -> Result<(), ConfigError> {
+    let redis = &settings.redis;
+    let target = match &redis.url {
+        Some(url) => Some(RedisTarget::parse(url.expose()).map_err(|err| {
+            ConfigError::refused("REDIS_URL", format!("{url:?}"), err.to_string())
+        })?),
+        None => None,
+    };
+    if let Some(target) = &target
+        && target.cluster
+        && redis.access == RedisAccess::Pooled
+    {
+        return Err(ConfigError::refused(
+            "REDIS_ACCESS",
+            "pooled",
+            "does not apply to a Redis Cluster, whose one shared connection multiplexes onto \
+             every node: remove REDIS_ACCESS",
+        ));
+    }
+    let Some(path) = &redis.ca_cert else {
+        return Ok(());
+    };
+    if !target.as_ref().is_some_and(|target| target.tls) {
+        return Err(ConfigError::refused(
+            "REDIS_CA_CERT",
+            path.display(),
+            "is set, but REDIS_URL does not use TLS: write rediss://... (or \
+             rediss+cluster://...), or remove REDIS_CA_CERT",
+        ));
+    }
+    read_ca_pem(path).map(drop).map_err(|why| {
+        ConfigError::refused(
+            "REDIS_CA_CERT",
+            path.display(),
+            format!(
+                "{why}: point it at a readable PEM file holding the certificate of the CA that \
+                 signed Redis's certificate (-----BEGIN CERTIFICATE-----)"
+            ),
+        )
+    })
 }
 
 fn hashing(settings: &Settings) -> Result<(), ConfigError> {

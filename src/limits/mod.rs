@@ -183,9 +183,10 @@ pub trait LimitStore: Send + Sync + 'static {
     /// Returns the count in the current window and the milliseconds until it ends.
     async fn hit(&self, key: &str, window_ms: u64) -> Result<(u64, u64), BackendError>;
 
-    /// The checks before a password's hash, in order, as one atomic step: charges the outer
-    /// counter (the client's IP for a login, the user for a password check), then (only if
-    /// that is within its limit) the account's, then reads the account's backoff.
+    /// The checks before a password's hash, in order: charges the outer counter (the
+    /// client's IP for a login, the user for a password check), then (only if that is within
+    /// its limit) the account's, then reads the account's backoff. The outer charge and the
+    /// account's part are each atomic; they may be two steps, as they touch two subjects.
     async fn login_gate(&self, gate: &LoginGate<'_>) -> Result<GateOutcome, BackendError>;
 
     /// Records a failure and returns (failures so far, the delay it imposes in ms).
@@ -200,7 +201,8 @@ pub trait LimitStore: Send + Sync + 'static {
     async fn reset(&self, key: &str) -> Result<(), BackendError>;
 }
 
-/// What `LimitStore::login_gate` checks.
+/// What `LimitStore::login_gate` checks. `account_key` and `backoff_key` name one subject
+/// with one Redis Cluster hash tag (see [`rule_key`]), so a store can update them together.
 pub struct LoginGate<'a> {
     /// The outer counter: the client's IP, or the user whose password is checked.
     pub outer_key: &'a str,
@@ -326,8 +328,8 @@ impl Limiter {
         Err(self.limited(rule, reset_ms))
     }
 
-    /// The checks before a login's hash, in one round trip to the store: the IP's limit, then
-    /// the account's, then the account's backoff.
+    /// The checks before a login's hash: the IP's limit, then the account's, then the
+    /// account's backoff.
     pub async fn check_login(&self, ip: &str, account: &str) -> Result<LoginAttempt, LimitError> {
         self.gate(Rule::LoginPerIp, ip, account).await
     }
@@ -422,13 +424,14 @@ impl Limiter {
 }
 
 /// The store key of `subject` (an IP, a user id, an email) under `rule`: a digest, so client
-/// input of any length makes a key of the same small size.
+/// input of any length makes a key of the same small size. The digest in braces is a Redis
+/// Cluster hash tag: every key of one subject (its counters, its backoff) is in one slot.
 fn rule_key(rule: Rule, subject: &str) -> String {
-    format!("{}:{}", rule.name(), digest(subject))
+    format!("{}:{{{}}}", rule.name(), digest(subject))
 }
 
 fn backoff_key(account: &str) -> String {
-    format!("backoff:{}", digest(account))
+    format!("backoff:{{{}}}", digest(account))
 }
 
 /// 128 bits of SHA-256, base64url: collisions between subjects are out of reach.

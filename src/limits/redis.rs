@@ -1,5 +1,7 @@
-//! Counters in Redis, shared by every instance. Keys: `P` + `rl:<rule>:<subject>` (a counter
-//! with a TTL = the window) and `P` + `rl:backoff:<email>` (a hash: failures, until).
+//! Counters in Redis, shared by every instance. Keys: `P` + `rl:<rule>:{<subject>}` (a counter
+//! with a TTL = the window) and `P` + `rl:backoff:{<email>}` (a hash: failures, until), each
+//! subject (its digest) a Redis Cluster hash tag: every script touches one subject's keys,
+//! so one slot.
 
 use async_trait::async_trait;
 use redis::Script;
@@ -50,21 +52,18 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {f, delay}
 "#;
 
-/// The gate of `LimitStore::login_gate`, in one round trip. KEYS: outer counter, account
-/// counter, backoff hash. ARGV: outer window ms, outer limit, account window ms, account limit,
-/// now ms. Returns {0 open | 1 outer limited | 2 account limited | 3 backing off, ms} where ms is the
-/// window's reset or the backoff's wait; when open, 1 if failures are on record, else 0.
-/// The counters are `HIT`'s.
-const LOGIN_GATE: &str = concat!(
+/// The account's part of `LimitStore::login_gate`. KEYS: account counter, backoff hash (one
+/// subject, one hash tag: one slot). ARGV: account window ms, account limit, now ms.
+/// Returns {2 account limited | 3 backing off, ms} where ms is the window's reset or the
+/// backoff's wait, or {0, 1 if failures are on record else 0}. The counter is `HIT`'s.
+const ACCOUNT_GATE: &str = concat!(
     lua_hit!(),
     r#"
 local n, ttl = hit(KEYS[1], ARGV[1])
-if n > tonumber(ARGV[2]) then return {1, ttl} end
-n, ttl = hit(KEYS[2], ARGV[3])
-if n > tonumber(ARGV[4]) then return {2, ttl} end
-local backoff = redis.call('HMGET', KEYS[3], 'until', 'failures')
+if n > tonumber(ARGV[2]) then return {2, ttl} end
+local backoff = redis.call('HMGET', KEYS[2], 'until', 'failures')
 if backoff[1] then
-  local wait = tonumber(backoff[1]) - tonumber(ARGV[5])
+  local wait = tonumber(backoff[1]) - tonumber(ARGV[3])
   if wait > 0 then return {3, wait} end
 end
 if backoff[2] then return {0, 1} end
@@ -77,7 +76,7 @@ pub struct RedisLimits {
     prefix: String,
     hit: Script,
     fail: Script,
-    login_gate: Script,
+    account_gate: Script,
 }
 
 impl RedisLimits {
@@ -88,7 +87,7 @@ impl RedisLimits {
             prefix: format!("{prefix}rl:"),
             hit: Script::new(HIT),
             fail: Script::new(FAIL),
-            login_gate: Script::new(LOGIN_GATE),
+            account_gate: Script::new(ACCOUNT_GATE),
         }
     }
 
@@ -128,14 +127,19 @@ impl LimitStore for RedisLimits {
     }
 
     async fn login_gate(&self, gate: &LoginGate<'_>) -> Result<GateOutcome, BackendError> {
+        // Two scripts, each atomic on one subject's slot: the outer counter is charged first
+        // and only a request within it reaches the account; an account refusal after the outer
+        // charge is what one script did too. A request counted in between is neither lost nor
+        // counted twice: each counter stays exact.
+        let (count, reset_ms) = self.hit(gate.outer_key, gate.outer.window_ms()).await?;
+        if count > gate.outer.limit {
+            return Ok(GateOutcome::OuterLimited { reset_ms });
+        }
         let mut conn = self.conn().await?;
         let (verdict, ms): (u8, i64) = self
-            .login_gate
-            .key(format!("{}{}", self.prefix, gate.outer_key))
+            .account_gate
             .key(format!("{}{}", self.prefix, gate.account_key))
             .key(format!("{}{}", self.prefix, gate.backoff_key))
-            .arg(gate.outer.window_ms())
-            .arg(gate.outer.limit)
             .arg(gate.account.window_ms())
             .arg(gate.account.limit)
             .arg(gate.now_ms)
@@ -143,7 +147,6 @@ impl LimitStore for RedisLimits {
             .await?;
         let ms = u64::try_from(ms).unwrap_or(0);
         Ok(match verdict {
-            1 => GateOutcome::OuterLimited { reset_ms: ms },
             2 => GateOutcome::AccountLimited { reset_ms: ms },
             3 => GateOutcome::BackingOff { wait_ms: ms },
             _ => GateOutcome::Open {

@@ -29,7 +29,10 @@ use crate::{
         redis::RedisStore,
     },
     state::{AppState, Services},
-    store::{BackendError, redis::RedisClient},
+    store::{
+        BackendError,
+        redis::{RedisClient, RedisTarget},
+    },
     telemetry::metrics::Metrics,
 };
 
@@ -161,11 +164,7 @@ async fn stores(settings: &Settings, purpose: Purpose) -> Result<Backends, Start
             challenges: Arc::new(MemoryChallenges::new()),
         });
     };
-    let redis = RedisClient::new(
-        url.expose(),
-        settings.redis.access,
-        settings.redis.pool_size,
-    )?;
+    let redis = RedisClient::new(url.expose(), &settings.redis.options()?)?;
     redis.ping().await?;
     let prefix = &settings.redis.key_prefix;
     Ok(Backends {
@@ -261,7 +260,14 @@ impl Application {
             KeySource::Inline(_) => "from the environment (base64 PEM)".into(),
         };
         let sessions = match &settings.redis.url {
-            Some(url) => format!("Redis {url:?}"),
+            Some(url) => {
+                let target = RedisTarget::parse(url.expose())
+                    .map_or_else(|_| format!("Redis {url:?}"), |target| target.to_string());
+                match &settings.redis.ca_cert {
+                    Some(ca) => format!("{target} (CA {})", ca.display()),
+                    None => target,
+                }
+            }
             None => "in process (kept across restarts beside the database file)".into(),
         };
         let mode = if settings.is_production() {

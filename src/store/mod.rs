@@ -13,6 +13,10 @@ pub enum BackendError {
     /// Redis refused, timed out or could not be reached.
     #[error("Redis: {0}")]
     Redis(#[from] ::redis::RedisError),
+    /// `REDIS_URL` or `REDIS_CA_CERT` cannot be used (configuration validation refuses them
+    /// first).
+    #[error("{0}")]
+    Config(String),
     /// No Redis connection could be had from the pool.
     #[error("Redis pool: {0}")]
     Pool(String),

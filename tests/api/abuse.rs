@@ -12,12 +12,15 @@ use crate::{
     helpers::{Backend, TestApp, TestUser, assert_error, status_and_json},
 };
 
-backend_tests!(with(|s| s.limits.login_per_ip = Rate::per_secs(3, 60)) =>
+backend_tests!(scale_out with(|s| s.limits.login_per_ip = Rate::per_secs(3, 60)) =>
     the_login_limit_per_ip_answers_429_with_exact_retry_after,
+);
+
+backend_tests!(with(|s| s.limits.login_per_ip = Rate::per_secs(3, 60)) =>
     a_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing,
 );
 
-backend_tests!(with(|s| s.limits.login_per_account = Rate::per_secs(2, 60)) =>
+backend_tests!(scale_out with(|s| s.limits.login_per_account = Rate::per_secs(2, 60)) =>
     the_login_limit_per_account_counts_each_account_apart,
 );
 
@@ -31,13 +34,13 @@ backend_tests!(with(|s| {
     s.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
 }) => behind_a_trusted_proxy_the_forwarded_client_ip_is_used);
 
-backend_tests!(with(|s| {
+backend_tests!(scale_out with(|s| {
     s.limits.login_per_ip = Rate::per_secs(2, 60);
     s.limits.login_per_account = Rate::per_secs(3, 60);
     s.http.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
 }) => a_login_refused_for_its_ip_does_not_count_against_the_account);
 
-backend_tests!(with(|s| {
+backend_tests!(scale_out with(|s| {
     s.limits.backoff.free_failures = 1;
     s.limits.backoff.base = Duration::from_secs(1);
     s.limits.backoff.max = Duration::from_secs(2);

@@ -21,7 +21,7 @@ backend_tests!(
     admin_input_errors_are_clear,
 );
 
-async fn admin_call(
+pub async fn admin_call(
     app: &TestApp,
     method: Method,
     path: &str,

@@ -568,3 +568,85 @@ fn production_needs_an_mfa_encryption_key_of_32_bytes() {
         "the key is not in Debug"
     );
 }
+
+#[test]
+fn redis_urls_name_one_server_or_a_cluster_in_clear_or_over_tls() {
+    for url in [
+        "redis://:s3cret@redis:6379/0",
+        "rediss://redis.example.com:6380",
+        "redis+cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000",
+        "rediss+cluster://app:s3cret@10.0.0.1:7000,10.0.0.2:7000",
+        // One seed node is enough to learn the cluster (as a managed service's configuration
+        // endpoint is): accepted.
+        "redis+cluster://clustercfg.example.com:6379",
+    ] {
+        let mut vars = production_vars();
+        vars.insert("REDIS_URL".into(), url.into());
+        let settings = Settings::from_vars(&vars).unwrap_or_else(|err| panic!("{url}: {err}"));
+        assert_eq!(settings.redis.url.unwrap().expose(), url);
+    }
+}
+
+#[test]
+fn unusable_redis_urls_are_refused_with_the_forms_that_work() {
+    for (url, says) in [
+        ("http://redis:6379", "redis+cluster://host:port,host:port"),
+        ("rediss://redis:6380/#insecure", "REDIS_CA_CERT"),
+        ("redis+cluster://:s3cret@a:7000/0", "no database number"),
+        ("redis+cluster://a:7000,,b:7000", "host:port"),
+    ] {
+        let mut vars = production_vars();
+        vars.insert("REDIS_URL".into(), url.into());
+        let message = refusal(&vars);
+        assert!(message.starts_with("REDIS_URL="), "{message}");
+        assert!(message.contains(says), "{url}: {message}");
+        assert!(!message.contains("s3cret"), "{message}");
+    }
+}
+
+#[test]
+fn a_redis_cluster_is_reached_through_one_shared_connection_only() {
+    let mut vars = production_vars();
+    vars.insert("REDIS_URL".into(), "redis+cluster://a:7000,b:7000".into());
+    vars.insert("REDIS_ACCESS".into(), "pooled".into());
+    let message = refusal(&vars);
+    assert!(message.contains("REDIS_ACCESS=pooled"), "{message}");
+    assert!(message.contains("remove REDIS_ACCESS"), "{message}");
+}
+
+#[test]
+fn a_redis_ca_bundle_needs_tls_and_a_readable_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = crate::redis_servers::TestCerts::write(dir.path()).unwrap();
+    let with = |url: &str, ca: &std::path::Path| {
+        let mut vars = production_vars();
+        vars.insert("REDIS_URL".into(), url.into());
+        vars.insert("REDIS_CA_CERT".into(), ca.display().to_string());
+        vars
+    };
+    let settings = Settings::from_vars(&with("rediss://redis:6380", &certs.ca)).expect("accepted");
+    assert_eq!(settings.redis.ca_cert.as_deref(), Some(certs.ca.as_path()));
+    let cluster = with("rediss+cluster://a:7000,b:7000", &certs.ca);
+    Settings::from_vars(&cluster).expect("a TLS cluster takes the CA too");
+
+    // Beside a URL without TLS the CA would be ignored: refused.
+    let message = refusal(&with("redis://redis:6379", &certs.ca));
+    assert!(message.contains("REDIS_CA_CERT="), "{message}");
+    assert!(message.contains("rediss://"), "says how to fix: {message}");
+
+    // A file that is missing, or holds no certificate (a private key, here), is refused with
+    // what to put there.
+    let missing = dir.path().join("missing.pem");
+    for (path, why) in [
+        (&missing, "cannot be read"),
+        (&certs.key, "holds no certificate"),
+    ] {
+        let message = refusal(&with("rediss://redis:6380", path));
+        assert!(message.contains("REDIS_CA_CERT="), "{message}");
+        assert!(message.contains(why), "{message}");
+        assert!(
+            message.contains("BEGIN CERTIFICATE"),
+            "says how to fix: {message}"
+        );
+    }
+}

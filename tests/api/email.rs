@@ -33,19 +33,30 @@ async fn me(app: &TestApp, access: &str) -> Value {
     body
 }
 
-/// Asserts that an event of each of `expected` types was recorded about `user_id`.
+/// Asserts that an event of each of `expected` types was recorded about `user_id`, waiting up
+/// to 5 s: the mail worker audits an attempt after recording it in the outbox.
 async fn assert_audited(app: &TestApp, user_id: &str, expected: &[&str]) {
     let id = uuid::Uuid::parse_str(user_id).unwrap();
-    let events: Vec<String> = audit_event::Entity::find()
-        .filter(audit_event::Column::UserId.eq(id))
-        .all(app.state.db.connection())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event_type)
-        .collect();
-    for kind in expected {
-        assert!(events.iter().any(|e| e == kind), "{kind} in {events:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let events: Vec<String> = audit_event::Entity::find()
+            .filter(audit_event::Column::UserId.eq(id))
+            .all(app.state.db.connection())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect();
+        let missing = expected
+            .iter()
+            .find(|kind| !events.iter().any(|e| e == *kind));
+        match missing {
+            None => return,
+            Some(kind) if tokio::time::Instant::now() > deadline => {
+                panic!("{kind} in {events:?}")
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }
 

@@ -61,9 +61,9 @@ backend_tests!(
     a_duplicate_refresh_gets_claims_rebuilt_from_its_own_token,
     every_oversized_body_gets_a_readable_413,
 );
-backend_tests!(with(|s| s.limits.password_check_per_user = Rate::per_secs(3, 60)) =>
+backend_tests!(scale_out with(|s| s.limits.password_check_per_user = Rate::per_secs(3, 60)) =>
     password_checks_of_a_signed_in_user_are_limited_per_user);
-backend_tests!(with(|s| {
+backend_tests!(scale_out with(|s| {
     s.limits.backoff.free_failures = 1;
     s.limits.backoff.base = Duration::from_secs(30);
 }) => wrong_current_passwords_count_toward_the_accounts_login_backoff);

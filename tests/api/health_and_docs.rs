@@ -171,70 +171,10 @@ async fn docs_and_spec_are_served(app: TestApp) {
     .await;
 }
 
-/// A Redis of the test's own, on a free port, that the test can stop.
-struct OwnRedis {
-    child: std::process::Child,
-    url: String,
-}
-
-impl OwnRedis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    /// A new (empty) Redis on the port of this one, after stopping it.
-    fn restart(&mut self) {
-        self.stop();
-        let port = self.url.rsplit(':').next().unwrap().parse().unwrap();
-        *self = Self::start_on(port);
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn start_on(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        let url = format!("redis://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Self { child, url }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_names_the_session_store_when_redis_is_down() {
     crate::require!(RedisServerBinary);
-    let mut redis = OwnRedis::start();
+    let mut redis = crate::redis_servers::OwnRedis::start();
     let url = redis.url.clone();
     let app = TestApp::spawn_with(Backend::Embedded, |s| s.redis.url = Some(url.into())).await;
     let ready = || app.client.get(app.url("/health/ready")).send();
@@ -280,7 +220,7 @@ async fn readiness_names_the_session_store_when_redis_is_down() {
 /// pool replaces its dead connections.
 async fn service_recovers_when_redis_comes_back(access: latchkey::store::redis::RedisAccess) {
     crate::require!(RedisServerBinary);
-    let mut redis = OwnRedis::start();
+    let mut redis = crate::redis_servers::OwnRedis::start();
     let url = redis.url.clone();
     let app = TestApp::spawn_with(Backend::Embedded, |s| {
         s.redis.url = Some(url.into());

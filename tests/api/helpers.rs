@@ -5,17 +5,18 @@
 use std::{
     collections::HashMap,
     io::Write,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, LazyLock, Mutex},
 };
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use latchkey::{
     auth::keys::{GeneratedPair, InlineKeys, KeyKind, KeyPaths, KeySource, generate_pair},
-    config::Settings,
+    config::{RedisSettings, Settings},
     limits::{BackoffPolicy, LimitSettings, Rate},
     startup::Application,
     state::AppState,
+    store::redis::{RedisAccess, RedisClient, RedisConn},
 };
 use reqwest::{Response, StatusCode};
 use sea_orm::{ConnectionTrait, Database};
@@ -24,6 +25,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::redis_servers::{CLUSTER, TLS_REDIS};
+
 /// Where a test's server keeps its state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -31,6 +34,10 @@ pub enum Backend {
     Embedded,
     /// PostgreSQL + Redis: production's backends.
     PostgresRedis,
+    /// PostgreSQL + the TLS Redis the tests start (`rediss://`, a private CA).
+    PostgresRedisTls,
+    /// PostgreSQL + the Redis Cluster the tests start (`redis+cluster://`).
+    PostgresRedisCluster,
 }
 
 /// PEM text of one RSA pair.
@@ -201,6 +208,16 @@ pub enum Group {
     Redis,
     /// A `redis-server` binary the test starts itself (an outage it controls).
     RedisServerBinary,
+    /// The TLS Redis the tests start (`redis-server` built with TLS, `redis-cli`).
+    RedisTls,
+    /// The Redis Cluster the tests start (`redis-server`, `redis-cli --cluster`).
+    RedisCluster,
+    /// PostgreSQL and the TLS Redis.
+    PostgresRedisTls,
+    /// PostgreSQL and the Redis Cluster.
+    PostgresRedisCluster,
+    /// `redis-server` and `redis-cli`, for a Redis Cluster of the test's own.
+    OwnRedisCluster,
     /// An `nginx` binary (forward auth through a real reverse proxy).
     Nginx,
     /// Python 3 with PyJWT and cryptography (a verifier outside Rust).
@@ -215,6 +232,11 @@ impl Group {
             Group::PostgresRedis => "postgres_redis (PostgreSQL + Redis)",
             Group::Redis => "redis_* store contract",
             Group::RedisServerBinary => "own redis-server (Redis outage)",
+            Group::RedisTls => "redis_tls store contract (TLS Redis)",
+            Group::RedisCluster => "redis_cluster store contract (Redis Cluster)",
+            Group::PostgresRedisTls => "postgres_redis_tls (PostgreSQL + TLS Redis)",
+            Group::PostgresRedisCluster => "postgres_redis_cluster (PostgreSQL + Redis Cluster)",
+            Group::OwnRedisCluster => "own Redis Cluster (failover)",
             Group::Nginx => "nginx forward auth",
             Group::PyJwt => "PyJWT verifier",
             Group::Browser => "headless Chromium",
@@ -236,6 +258,16 @@ pub fn available(group: Group) -> bool {
         .next(),
         Group::Redis => reachable(&redis_url(), 6379),
         Group::RedisServerBinary => missing_program("redis-server", &["--version"]),
+        Group::RedisTls => started(&TLS_REDIS),
+        Group::RedisCluster => started(&CLUSTER),
+        Group::PostgresRedisTls => {
+            reachable(&postgres_admin_url(), 5432).or_else(|| started(&TLS_REDIS))
+        }
+        Group::PostgresRedisCluster => {
+            reachable(&postgres_admin_url(), 5432).or_else(|| started(&CLUSTER))
+        }
+        Group::OwnRedisCluster => missing_program("redis-server", &["--version"])
+            .or_else(|| missing_program("redis-cli", &["--version"])),
         Group::Nginx => missing_program("nginx", &["-v"]),
         Group::PyJwt => missing_program("python3", &["-c", "import jwt, cryptography"]),
         Group::Browser => missing_program(crate::browser::CHROMEDRIVER, &["--version"])
@@ -263,6 +295,13 @@ pub fn available(group: Group) -> bool {
         );
     }
     false
+}
+
+/// `None` when the servers of `started` run (starting them if this is the first ask), else
+/// why not: the real start is the only reliable probe (a `redis-server` built without TLS
+/// says so only when asked to listen with it).
+fn started<T>(started: &LazyLock<Result<T, String>>) -> Option<String> {
+    started.as_ref().err().cloned()
 }
 
 /// `None` when `program args` runs and succeeds, else what is missing.
@@ -340,10 +379,61 @@ pub fn base_settings() -> Settings {
     settings
 }
 
+/// Which Redis the tests reach: the one at `LATCHKEY_TEST_REDIS_URL`, or one they start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisKind {
+    Plain,
+    Tls,
+    Cluster,
+}
+
+impl RedisKind {
+    /// Its `REDIS_URL` and the CA to trust (`REDIS_CA_CERT`). Call after `require!`.
+    pub fn server(self) -> (String, Option<PathBuf>) {
+        let not_started = |err: &String| -> ! { panic!("{self:?} Redis did not start: {err}") };
+        match self {
+            RedisKind::Plain => (redis_url(), None),
+            RedisKind::Tls => match &*TLS_REDIS {
+                Ok(tls) => (tls.url.clone(), Some(tls.ca.clone())),
+                Err(err) => not_started(err),
+            },
+            RedisKind::Cluster => match &*CLUSTER {
+                Ok(cluster) => (cluster.url(), cluster.ca()),
+                Err(err) => not_started(err),
+            },
+        }
+    }
+
+    /// A handle to it, built as the service builds its own.
+    pub fn client(self, access: RedisAccess) -> RedisClient {
+        let (url, ca) = self.server();
+        let settings = RedisSettings {
+            url: Some(url.clone().into()),
+            key_prefix: String::new(),
+            access,
+            pool_size: 4,
+            ca_cert: ca,
+        };
+        RedisClient::new(&url, &settings.options().expect("the CA")).expect("redis client")
+    }
+}
+
+impl Backend {
+    fn redis(self) -> Option<RedisKind> {
+        match self {
+            Backend::Embedded => None,
+            Backend::PostgresRedis => Some(RedisKind::Plain),
+            Backend::PostgresRedisTls => Some(RedisKind::Tls),
+            Backend::PostgresRedisCluster => Some(RedisKind::Cluster),
+        }
+    }
+}
+
 /// Resources a test owns on the real services, removed when the test ends.
 struct Provisioned {
     database: Option<String>,
-    redis_prefix: Option<String>,
+    /// The Redis settings, key prefix included, of a test on Redis.
+    redis: Option<RedisSettings>,
     _dir: tempfile::TempDir,
 }
 
@@ -352,65 +442,80 @@ impl Provisioned {
         let dir = tempfile::tempdir().expect("temp dir");
         // Development mail (`.eml` files) stays inside the test's directory.
         settings.mail.outbox_dir = Some(dir.path().join("outbox"));
-        match backend {
-            Backend::Embedded => {
-                settings.database.url =
-                    format!("sqlite://{}/latchkey.db?mode=rwc", dir.path().display()).into();
-                settings.redis.url = None;
-                Self {
-                    database: None,
-                    redis_prefix: None,
-                    _dir: dir,
-                }
-            }
-            Backend::PostgresRedis => {
-                let admin_url = postgres_admin_url();
-                let name = format!("latchkey_test_{}", Uuid::new_v4().simple());
-                let admin = Database::connect(&admin_url).await.unwrap_or_else(|err| {
-                    panic!(
-                        "PostgreSQL at {admin_url} is needed for the postgres_redis tests \
-                         (set LATCHKEY_TEST_DATABASE_URL): {err}"
-                    )
-                });
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .expect("create test database");
-                admin.close().await.ok();
-                let base = admin_url
-                    .rsplit_once('/')
-                    .map(|(base, _)| base)
-                    .expect("database url with a path");
-                settings.database.url = format!("{base}/{name}").into();
-                let prefix = format!("latchkey-test:{}:", Uuid::new_v4().simple());
-                settings.redis.url = Some(redis_url().into());
-                settings.redis.key_prefix = prefix.clone();
-                Self {
-                    database: Some(name),
-                    redis_prefix: Some(prefix),
-                    _dir: dir,
-                }
-            }
+        let Some(redis) = backend.redis() else {
+            settings.database.url =
+                format!("sqlite://{}/latchkey.db?mode=rwc", dir.path().display()).into();
+            settings.redis.url = None;
+            return Self {
+                database: None,
+                redis: None,
+                _dir: dir,
+            };
+        };
+        let database = Self::create_database(settings).await;
+        let (url, ca_cert) = redis.server();
+        settings.redis.url = Some(url.into());
+        settings.redis.ca_cert = ca_cert;
+        settings.redis.key_prefix = format!("latchkey-test:{}:", Uuid::new_v4().simple());
+        Self {
+            database: Some(database),
+            redis: Some(settings.redis.clone()),
+            _dir: dir,
         }
     }
-}
 
-impl Provisioned {
+    /// A fresh PostgreSQL database, named in `settings`.
+    async fn create_database(settings: &mut Settings) -> String {
+        let admin_url = postgres_admin_url();
+        let name = format!("latchkey_test_{}", Uuid::new_v4().simple());
+        let admin = Database::connect(&admin_url).await.unwrap_or_else(|err| {
+            panic!(
+                "PostgreSQL at {admin_url} is needed for the postgres_redis tests \
+                 (set LATCHKEY_TEST_DATABASE_URL): {err}"
+            )
+        });
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .expect("database url with a path");
+        settings.database.url = format!("{base}/{name}").into();
+        name
+    }
+
     /// Nothing of its own: an instance on another's resources.
     fn none() -> Self {
         Self {
             database: None,
-            redis_prefix: None,
+            redis: None,
             _dir: tempfile::tempdir().expect("temp dir"),
         }
     }
 }
 
+/// Every key under the prefix of `redis`, on whichever Redis it names.
+async fn keys_under_prefix(redis: &RedisSettings) -> Result<(RedisConn, Vec<String>), String> {
+    let url = redis.url.as_ref().ok_or("no Redis")?;
+    let options = redis.options().map_err(|e| e.to_string())?;
+    let client = RedisClient::new(url.expose(), &options).map_err(|e| e.to_string())?;
+    let mut conn = client.conn().await.map_err(|e| e.to_string())?;
+    let keys = redis::cmd("KEYS")
+        .arg(format!("{}*", redis.key_prefix))
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((conn, keys))
+}
+
 impl Drop for Provisioned {
     fn drop(&mut self) {
         let database = self.database.take();
-        let prefix = self.redis_prefix.take();
-        if database.is_none() && prefix.is_none() {
+        let redis = self.redis.take();
+        if database.is_none() && redis.is_none() {
             return;
         }
         // Drop cannot await: clean up on a thread with its own runtime.
@@ -428,19 +533,12 @@ impl Drop for Provisioned {
                         .await;
                     admin.close().await.ok();
                 }
-                if let Some(prefix) = prefix
-                    && let Ok(client) = redis::Client::open(redis_url())
-                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                if let Some(redis) = redis
+                    && let Ok((mut conn, keys)) = keys_under_prefix(&redis).await
+                    && !keys.is_empty()
                 {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{prefix}*"))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: Result<i64, _> =
-                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                    }
+                    let _: Result<i64, _> =
+                        redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
                 }
             });
         });
@@ -656,29 +754,22 @@ impl TestApp {
         redis.url.as_ref().map(|_| redis.key_prefix.clone())
     }
 
-    async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
-        let url = self
-            .state
-            .settings
-            .redis
-            .url
-            .as_ref()
-            .expect("a Redis server");
-        redis::Client::open(url.expose())
+    async fn redis_conn(&self) -> RedisConn {
+        let redis = &self.state.settings.redis;
+        let url = redis.url.as_ref().expect("a Redis server");
+        RedisClient::new(url.expose(), &redis.options().expect("the CA"))
             .expect("redis url")
-            .get_multiplexed_async_connection()
+            .conn()
             .await
             .expect("redis connection")
     }
 
     /// Every Redis key under this server's prefix.
     pub async fn redis_keys(&self) -> Vec<String> {
-        let prefix = self.redis_prefix().expect("a Redis server");
-        redis::cmd("KEYS")
-            .arg(format!("{prefix}*"))
-            .query_async(&mut self.redis_conn().await)
+        keys_under_prefix(&self.state.settings.redis)
             .await
             .expect("KEYS")
+            .1
     }
 
     /// The remaining time to live of a Redis key, in seconds (-2: no such key).
@@ -896,41 +987,79 @@ pub fn cookie_value(header: &str) -> String {
 }
 
 /// Generates, for each test function named, one test per backend:
-/// `name::embedded` and `name::postgres_redis`.
+/// `name::embedded` and `name::postgres_redis`; with `scale_out` first, also
+/// `name::postgres_redis_tls` and `name::postgres_redis_cluster` (the Redis servers the tests
+/// start). `with(configure)` adjusts the settings of every variant.
 #[macro_export]
 macro_rules! backend_tests {
+    (@mod $name:ident, $configure:expr, [$($variant:ident: $backend:ident),*]) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name($crate::helpers::TestApp::spawn_with($crate::helpers::Backend::Embedded, $configure).await).await;
+            }
+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $variant() {
+                    $crate::require!($backend);
+                    super::$name($crate::helpers::TestApp::spawn_with($crate::helpers::Backend::$backend, $configure).await).await;
+                }
+            )*
+        }
+    };
+    (scale_out with($configure:expr) => $($name:ident),* $(,)?) => {
+        $(
+            $crate::backend_tests!(@mod $name, $configure, [
+                postgres_redis: PostgresRedis,
+                postgres_redis_tls: PostgresRedisTls,
+                postgres_redis_cluster: PostgresRedisCluster
+            ]);
+        )*
+    };
+    (scale_out $($name:ident),* $(,)?) => {
+        $crate::backend_tests!(scale_out with(|_| {}) => $($name),*);
+    };
     (with($configure:expr) => $($name:ident),* $(,)?) => {
         $(
-            mod $name {
-                #[allow(unused_imports)]
-                use super::*;
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn embedded() {
-                    super::$name($crate::helpers::TestApp::spawn_with($crate::helpers::Backend::Embedded, $configure).await).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres_redis() {
-                    $crate::require!(PostgresRedis);
-                    super::$name($crate::helpers::TestApp::spawn_with($crate::helpers::Backend::PostgresRedis, $configure).await).await;
-                }
-            }
+            $crate::backend_tests!(@mod $name, $configure, [postgres_redis: PostgresRedis]);
         )*
     };
     ($($name:ident),* $(,)?) => {
+        $crate::backend_tests!(with(|_| {}) => $($name),*);
+    };
+}
+
+/// Generates, for each contract test named, one test per store: `memory` (the in-process store
+/// `$memory`) and, built by `$redis(kind, access)`, `redis_multiplexed` and `redis_pooled` (the
+/// Redis at `LATCHKEY_TEST_REDIS_URL`), `redis_tls` and `redis_tls_pooled` (the TLS Redis the
+/// tests start), `redis_cluster` (the Redis Cluster they start).
+#[macro_export]
+macro_rules! store_contract {
+    (@redis $name:ident, $redis:ident, $variant:ident, $group:ident, $kind:ident, $access:ident) => {
+        #[tokio::test]
+        async fn $variant() {
+            $crate::require!($group);
+            let access = latchkey::store::redis::RedisAccess::$access;
+            super::$name(super::$redis($crate::helpers::RedisKind::$kind, access)).await;
+        }
+    };
+    ($memory:expr, $redis:ident => $($name:ident),* $(,)?) => {
         $(
             mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn embedded() {
-                    super::$name($crate::helpers::TestApp::spawn($crate::helpers::Backend::Embedded).await).await;
+                #[tokio::test]
+                async fn memory() {
+                    super::$name(std::sync::Arc::new($memory)).await;
                 }
 
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres_redis() {
-                    $crate::require!(PostgresRedis);
-                    super::$name($crate::helpers::TestApp::spawn($crate::helpers::Backend::PostgresRedis).await).await;
-                }
+                $crate::store_contract!(@redis $name, $redis, redis_multiplexed, Redis, Plain, Multiplexed);
+                $crate::store_contract!(@redis $name, $redis, redis_pooled, Redis, Plain, Pooled);
+                $crate::store_contract!(@redis $name, $redis, redis_tls, RedisTls, Tls, Multiplexed);
+                $crate::store_contract!(@redis $name, $redis, redis_tls_pooled, RedisTls, Tls, Pooled);
+                $crate::store_contract!(@redis $name, $redis, redis_cluster, RedisCluster, Cluster, Multiplexed);
             }
         )*
     };

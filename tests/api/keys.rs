@@ -23,7 +23,7 @@ use crate::helpers::{
 };
 
 /// A server on a key directory holding `KEYS` as a single-key setup, re-read every second.
-async fn spawn_on_key_dir(
+pub async fn spawn_on_key_dir(
     backend: Backend,
     configure: impl FnOnce(&mut Settings),
 ) -> (TestApp, tempfile::TempDir, KeyPaths) {
@@ -52,7 +52,7 @@ fn policy(app: &TestApp, kind: KeyKind, delay_secs: i64) -> RotationPolicy {
 }
 
 /// Rotates `kind` of the app's key directory to `pair`, as `latchkey keys rotate` does.
-fn rotate(
+pub fn rotate(
     app: &TestApp,
     paths: &KeyPaths,
     kind: KeyKind,
@@ -70,7 +70,7 @@ fn rotate(
 }
 
 /// Waits (at most 10 s) until the running app holds the key `kid`.
-async fn wait_for_reload(app: &TestApp, kind: KeyKind, kid: &str) {
+pub async fn wait_for_reload(app: &TestApp, kind: KeyKind, kid: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while app.state.tokens.keys().find(kind, kid).is_none() {
         assert!(Instant::now() < deadline, "the key {kid} was never loaded");
@@ -78,7 +78,7 @@ async fn wait_for_reload(app: &TestApp, kind: KeyKind, kid: &str) {
     }
 }
 
-async fn sleep_until(t: DateTime<Utc>) {
+pub async fn sleep_until(t: DateTime<Utc>) {
     let wait = (t - Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(50)).await;
 }

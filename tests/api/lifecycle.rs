@@ -11,8 +11,10 @@ use crate::{
     },
 };
 
+// The lifecycle also on the TLS Redis and the Redis Cluster the tests start (API.md 11).
+backend_tests!(scale_out full_lifecycle_with_bearer_tokens);
+
 backend_tests!(
-    full_lifecycle_with_bearer_tokens,
     me_works_with_the_access_cookie,
     register_normalises_email_and_rejects_duplicates,
     register_reports_every_broken_rule,
@@ -22,7 +24,7 @@ backend_tests!(
     refresh_accepts_the_cookie_when_the_body_is_empty,
 );
 
-async fn full_lifecycle_with_bearer_tokens(app: TestApp) {
+pub async fn full_lifecycle_with_bearer_tokens(app: TestApp) {
     let user = TestUser::generate();
 
     // Register

@@ -1,5 +1,6 @@
 //! One contract suite drives every `LimitStore` implementation: the in-process counters and
-//! the Redis ones (with a unique key prefix per test), over each of Redis's access patterns.
+//! the Redis ones (with a unique key prefix per test), over each of Redis's access patterns,
+//! over TLS and on a Redis Cluster.
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,47 +9,18 @@ use latchkey::{
         BackoffPolicy, BackoffSchedule, GateOutcome, LimitStore, LoginGate, Rate,
         redis::RedisLimits,
     },
-    store::{
-        clock::now_ms,
-        redis::{RedisAccess, RedisClient},
-    },
+    store::{clock::now_ms, redis::RedisAccess},
 };
 use uuid::Uuid;
 
-fn redis_limits(access: RedisAccess) -> Arc<dyn LimitStore> {
-    let url = std::env::var("LATCHKEY_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+use crate::helpers::RedisKind;
+
+fn redis_limits(kind: RedisKind, access: RedisAccess) -> Arc<dyn LimitStore> {
     let prefix = format!("latchkey-test:{}:", Uuid::new_v4().simple());
-    let client = RedisClient::new(&url, access, 4).expect("redis client");
-    Arc::new(RedisLimits::new(client, &prefix))
+    Arc::new(RedisLimits::new(kind.client(access), &prefix))
 }
 
-macro_rules! limit_contract {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test]
-                async fn memory() {
-                    super::$name(std::sync::Arc::new(latchkey::limits::memory::MemoryLimits::new())).await;
-                }
-
-                #[tokio::test]
-                async fn redis_multiplexed() {
-                    $crate::require!(Redis);
-                    super::$name(super::redis_limits(latchkey::store::redis::RedisAccess::Multiplexed)).await;
-                }
-
-                #[tokio::test]
-                async fn redis_pooled() {
-                    $crate::require!(Redis);
-                    super::$name(super::redis_limits(latchkey::store::redis::RedisAccess::Pooled)).await;
-                }
-            }
-        )*
-    };
-}
-
-limit_contract!(
+crate::store_contract!(latchkey::limits::memory::MemoryLimits::new(), redis_limits =>
     hits_count_within_a_window_and_start_over_after_it,
     each_key_counts_apart,
     the_gate_charges_the_ip_then_the_account_then_reads_the_backoff,
@@ -65,6 +37,8 @@ fn schedule() -> BackoffSchedule {
     })
 }
 
+/// The gate's keys: an account's counter and backoff share a hash tag (`{a}`), as the
+/// limiter's keys do, so a Redis Cluster keeps them in one slot.
 fn gate<'a>(ip: &'a str, account: &'a str, backoff: &'a str, limits: (u64, u64)) -> LoginGate<'a> {
     LoginGate {
         outer_key: ip,
@@ -109,18 +83,22 @@ async fn the_gate_charges_the_ip_then_the_account_then_reads_the_backoff(
     store: Arc<dyn LimitStore>,
 ) {
     let open = |failures_on_record| GateOutcome::Open { failures_on_record };
-    let outcome = store.login_gate(&gate("ip", "acct", "bo", (10, 2))).await;
+    let outcome = store
+        .login_gate(&gate("ip", "acct:{a}", "bo:{a}", (10, 2)))
+        .await;
     assert_eq!(outcome.unwrap(), open(false));
     // One failure is free: the gate stays open but knows there is something to forget.
     store
-        .record_failure("bo", now_ms(), &schedule())
+        .record_failure("bo:{a}", now_ms(), &schedule())
         .await
         .unwrap();
-    let outcome = store.login_gate(&gate("ip", "acct", "bo", (10, 2))).await;
+    let outcome = store
+        .login_gate(&gate("ip", "acct:{a}", "bo:{a}", (10, 2)))
+        .await;
     assert_eq!(outcome.unwrap(), open(true));
     // A third attempt is over the account's limit of 2.
     match store
-        .login_gate(&gate("ip", "acct", "bo", (10, 2)))
+        .login_gate(&gate("ip", "acct:{a}", "bo:{a}", (10, 2)))
         .await
         .unwrap()
     {
@@ -129,11 +107,11 @@ async fn the_gate_charges_the_ip_then_the_account_then_reads_the_backoff(
     }
     // A second failure costs the base delay: the gate says how long to wait.
     store
-        .record_failure("bo", now_ms(), &schedule())
+        .record_failure("bo:{a}", now_ms(), &schedule())
         .await
         .unwrap();
     match store
-        .login_gate(&gate("ip2", "acct2", "bo", (10, 10)))
+        .login_gate(&gate("ip2", "acct2:{a}", "bo:{a}", (10, 10)))
         .await
         .unwrap()
     {
@@ -145,12 +123,12 @@ async fn the_gate_charges_the_ip_then_the_account_then_reads_the_backoff(
 async fn an_ip_over_its_limit_does_not_charge_the_account(store: Arc<dyn LimitStore>) {
     for _ in 0..2 {
         store
-            .login_gate(&gate("ip", "other", "bo", (2, 10)))
+            .login_gate(&gate("ip", "other:{a}", "bo:{a}", (2, 10)))
             .await
             .unwrap();
     }
     match store
-        .login_gate(&gate("ip", "acct", "bo", (2, 10)))
+        .login_gate(&gate("ip", "acct:{a}", "bo:{a}", (2, 10)))
         .await
         .unwrap()
     {
@@ -158,7 +136,7 @@ async fn an_ip_over_its_limit_does_not_charge_the_account(store: Arc<dyn LimitSt
         other => panic!("expected the IP limit, got {other:?}"),
     }
     // The refused attempt never reached the account's counter.
-    assert_eq!(store.hit("acct", 60_000).await.unwrap().0, 1);
+    assert_eq!(store.hit("acct:{a}", 60_000).await.unwrap().0, 1);
 }
 
 async fn failures_follow_the_schedule_and_a_reset_forgets_them(store: Arc<dyn LimitStore>) {
@@ -167,7 +145,7 @@ async fn failures_follow_the_schedule_and_a_reset_forgets_them(store: Arc<dyn Li
     for _ in 0..5 {
         delays.push(
             store
-                .record_failure("bo", now_ms(), &schedule)
+                .record_failure("bo:{a}", now_ms(), &schedule)
                 .await
                 .unwrap(),
         );
@@ -177,10 +155,10 @@ async fn failures_follow_the_schedule_and_a_reset_forgets_them(store: Arc<dyn Li
         [(1, 0), (2, 1_000), (3, 2_000), (4, 4_000), (5, 4_000)],
         "free, base, doubled, capped"
     );
-    store.reset("bo").await.unwrap();
+    store.reset("bo:{a}").await.unwrap();
     assert_eq!(
         store
-            .record_failure("bo", now_ms(), &schedule)
+            .record_failure("bo:{a}", now_ms(), &schedule)
             .await
             .unwrap(),
         (1, 0)

@@ -24,6 +24,8 @@ mod mfa;
 mod observability;
 mod products;
 mod proxy;
+mod redis_servers;
+mod scale_out;
 mod secrets;
 mod session_store;
 mod sessions;

@@ -1,52 +1,27 @@
 //! One contract suite drives every `SessionStore` implementation: the in-process store and the
-//! Redis store (with a unique key prefix per test), over each of its two access patterns.
+//! Redis store (with a unique key prefix per test), over each of its two access patterns, over
+//! TLS and on a Redis Cluster.
 
 use std::sync::Arc;
 
 use latchkey::{
     session::{NewSession, RotateOutcome, Rotation, SessionStore, redis::RedisStore},
-    store::redis::{RedisAccess, RedisClient},
+    store::redis::RedisAccess,
 };
 use uuid::Uuid;
+
+use crate::helpers::RedisKind;
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn redis_store(access: RedisAccess) -> Arc<dyn SessionStore> {
-    let url = std::env::var("LATCHKEY_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+fn redis_store(kind: RedisKind, access: RedisAccess) -> Arc<dyn SessionStore> {
     let prefix = format!("latchkey-test:{}:", Uuid::new_v4().simple());
-    let client = RedisClient::new(&url, access, 4).expect("redis client");
-    Arc::new(RedisStore::new(client, &prefix))
+    Arc::new(RedisStore::new(kind.client(access), &prefix))
 }
 
-macro_rules! store_contract {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test]
-                async fn memory() {
-                    super::$name(std::sync::Arc::new(latchkey::session::memory::MemoryStore::new())).await;
-                }
-
-                #[tokio::test]
-                async fn redis_multiplexed() {
-                    $crate::require!(Redis);
-                    super::$name(super::redis_store(latchkey::store::redis::RedisAccess::Multiplexed)).await;
-                }
-
-                #[tokio::test]
-                async fn redis_pooled() {
-                    $crate::require!(Redis);
-                    super::$name(super::redis_store(latchkey::store::redis::RedisAccess::Pooled)).await;
-                }
-            }
-        )*
-    };
-}
-
-store_contract!(
+crate::store_contract!(latchkey::session::memory::MemoryStore::new(), redis_store =>
     a_created_session_accepts_its_access_jti_only,
     rotation_replaces_both_jtis,
     presenting_a_rotated_away_refresh_jti_revokes_the_session,

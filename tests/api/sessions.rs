@@ -14,12 +14,16 @@ use crate::{
     },
 };
 
-backend_tests!(
+// Revocation also on the TLS Redis and the Redis Cluster the tests start (API.md 11).
+backend_tests!(scale_out
     fifty_concurrent_refreshes_with_one_token_get_one_identical_pair,
-    the_grace_window_covers_only_the_last_rotation,
-    a_logged_out_session_has_no_grace,
     logout_all_revokes_every_session_of_the_user_and_no_other,
     deleting_one_session_from_another_device_revokes_exactly_that_one,
+);
+
+backend_tests!(
+    the_grace_window_covers_only_the_last_rotation,
+    a_logged_out_session_has_no_grace,
     password_change_keeps_the_current_session_and_revokes_the_others,
     deleting_the_account_revokes_everything,
     session_list_shows_user_agent_ip_and_the_current_session,
