@@ -5,7 +5,7 @@
 use super::{AccountError, Accounts, SignedIn};
 use crate::{
     audit::{Event, EventType},
-    auth::tokens::{Amr, PairClaims, PairIds, PairSubject},
+    auth::tokens::{PairClaims, PairIds, PairSubject},
     client::ClientInfo,
     limits::Rule,
     session::{RotateOutcome, Rotation},
@@ -62,7 +62,7 @@ impl Accounts {
             user_id: user.id,
             role: user.role.as_str(),
             sid: claims.sid,
-            amr: Amr::of(&claims.amr),
+            amr: claims.amr,
         };
         let pair = self.tokens.issue_pair(&subject).await?;
         // The grace window keeps only the new pair's ids: a duplicate gets its claims rebuilt

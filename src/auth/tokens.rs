@@ -27,29 +27,71 @@ use super::{
 pub const REFRESH_TYP: &str = "refresh";
 
 /// How the user proved who they are, as the `amr` claim says (RFC 8176): a password, or a
-/// password and a one-time code (TOTP or recovery code).
+/// password and a one-time code (TOTP or recovery code). Read straight from the token's
+/// JSON, without allocating: the guard decodes it on every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Amr {
+    /// `["pwd"]`; also what a token from before `amr` existed counts as.
     #[default]
     Password,
+    /// `["pwd", "otp"]`.
     PasswordAndOtp,
 }
 
-impl Amr {
-    pub fn values(self) -> Vec<String> {
-        match self {
-            Amr::Password => vec!["pwd".into()],
-            Amr::PasswordAndOtp => vec!["pwd".into(), "otp".into()],
-        }
+impl Serialize for Amr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let values: &[&str] = match self {
+            Amr::Password => &["pwd"],
+            Amr::PasswordAndOtp => &["pwd", "otp"],
+        };
+        values.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Amr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(AmrVisitor)
+    }
+}
+
+struct AmrVisitor;
+
+impl<'de> serde::de::Visitor<'de> for AmrVisitor {
+    type Value = Amr;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of authentication methods")
     }
 
-    /// The `amr` of verified claims (tokens from before `amr` existed: a password).
-    pub fn of(values: &[String]) -> Self {
-        if values.iter().any(|v| v == "otp") {
-            Amr::PasswordAndOtp
-        } else {
-            Amr::Password
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Amr, A::Error> {
+        let mut amr = Amr::Password;
+        while let Some(OtpMethod(otp)) = seq.next_element()? {
+            if otp {
+                amr = Amr::PasswordAndOtp;
+            }
         }
+        Ok(amr)
+    }
+}
+
+/// One `amr` entry: whether it is `otp`, looked at in place.
+struct OtpMethod(bool);
+
+impl<'de> Deserialize<'de> for OtpMethod {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Method;
+        impl serde::de::Visitor<'_> for Method {
+            type Value = OtpMethod;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an authentication method name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<OtpMethod, E> {
+                Ok(OtpMethod(value == "otp"))
+            }
+        }
+        deserializer.deserialize_str(Method)
     }
 }
 
@@ -67,7 +109,7 @@ pub struct AccessClaims {
     pub role: String,
     /// How the user signed in: `["pwd"]` or `["pwd", "otp"]`.
     #[serde(default)]
-    pub amr: Vec<String>,
+    pub amr: Amr,
     /// Always absent on access tokens; a token that has it is not an access token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub typ: Option<String>,
@@ -86,7 +128,7 @@ pub struct RefreshClaims {
     pub exp: i64,
     /// The session's `amr`, handed on to every pair its refreshes mint.
     #[serde(default)]
-    pub amr: Vec<String>,
+    pub amr: Amr,
     pub typ: String,
 }
 
@@ -286,7 +328,7 @@ impl TokenService {
     /// tokens first issued with them (RS256 is deterministic).
     pub fn pair_claims(&self, session: &PairSubject<'_>, ids: PairIds) -> PairClaims {
         let (user_id, role, sid) = (session.user_id, session.role, session.sid);
-        let amr = session.amr.values();
+        let amr = session.amr;
         let now = ids.iat;
         PairClaims {
             access: AccessClaims {
@@ -299,7 +341,7 @@ impl TokenService {
                 nbf: now,
                 exp: now + self.settings.access_ttl_secs(),
                 role: role.to_owned(),
-                amr: amr.clone(),
+                amr,
                 typ: None,
             },
             refresh: RefreshClaims {
@@ -429,6 +471,26 @@ mod tests {
     use super::*;
     use crate::auth::keys::{KeyKind, generate_pair};
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn amr_reads_and_writes_the_rfc_8176_list() {
+        let json = |amr: Amr| serde_json::to_string(&amr).unwrap();
+        assert_eq!(json(Amr::Password), r#"["pwd"]"#);
+        assert_eq!(json(Amr::PasswordAndOtp), r#"["pwd","otp"]"#);
+        let read = |text: &str| serde_json::from_str::<Amr>(text);
+        assert_eq!(read(r#"["pwd","otp"]"#).unwrap(), Amr::PasswordAndOtp);
+        assert_eq!(read(r#"["otp","pwd","mfa"]"#).unwrap(), Amr::PasswordAndOtp);
+        assert_eq!(read(r#"["pwd"]"#).unwrap(), Amr::Password);
+        assert_eq!(read("[]").unwrap(), Amr::Password);
+        assert!(read(r#""otp""#).is_err() && read("[1]").is_err());
+        // Tokens from before the claim existed.
+        let claims: RefreshClaims = serde_json::from_value(serde_json::json!({
+            "iss": "i", "aud": "a", "sub": Uuid::nil(), "sid": Uuid::nil(), "jti": Uuid::nil(),
+            "iat": 0, "nbf": 0, "exp": 1, "typ": "refresh"
+        }))
+        .unwrap();
+        assert_eq!(claims.amr, Amr::Password);
+    }
 
     #[test]
     fn the_parsed_once_signer_matches_jsonwebtoken_encode_byte_for_byte() {
