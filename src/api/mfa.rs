@@ -31,7 +31,7 @@ error_set!(
 );
 error_set!(
     /// What the login's second step can answer.
-    SecondStepErrors: [BODY, SERVER], MfaInvalid, AccountDisabled
+    SecondStepErrors: [BODY, SERVER], MfaInvalid
 );
 error_set!(
     /// What an admin's reset can answer.

@@ -174,6 +174,7 @@ backend_tests!(
     disabling_needs_the_password_and_a_code,
     an_admin_reset_removes_the_factor_and_ends_the_sessions,
     the_secret_is_sealed_in_the_database,
+    a_password_change_or_a_disable_ends_a_waiting_second_step,
 );
 
 async fn enrollment_turns_on_a_second_step_whose_tokens_say_otp(app: TestApp) {
@@ -474,6 +475,38 @@ async fn the_secret_is_sealed_in_the_database(app: TestApp) {
         .unwrap();
     let plain = enrolled.recovery_codes[0].replace('-', "");
     assert!(stored.iter().all(|c| !c.code_hash.contains(&plain)));
+}
+
+async fn a_password_change_or_a_disable_ends_a_waiting_second_step(app: TestApp) {
+    let enrolled = enroll(&app).await;
+    let user = &enrolled.user;
+    let code = totp_at(&enrolled.secret, enrolled.confirmed_at + 30);
+    let token = password_step(&app, user).await;
+    let change = json!({"current_password": user.password, "new_password": "a changed password"});
+    let path = "/api/v1/users/me/password";
+    let response = call(&app, Method::POST, path, &user.tokens().access, change).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let stale = second_step(&app, json!({"mfa_token": token, "code": code})).await;
+    assert_error(stale, StatusCode::UNAUTHORIZED, "mfa_invalid").await;
+
+    let response = app.login(&user.email, "a changed password").await;
+    let token = status_and_json(response).await.1["mfa_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let admin = app.signed_in_admin().await;
+    let path = format!("/api/v1/admin/users/{}", user.user_id());
+    let response = call(
+        &app,
+        Method::PATCH,
+        &path,
+        &admin.tokens().access,
+        json!({"disabled": true}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let disabled = second_step(&app, json!({"mfa_token": token, "code": code})).await;
+    assert_error(disabled, StatusCode::UNAUTHORIZED, "mfa_invalid").await;
 }
 
 fn totp_b32(secret: &[u8]) -> String {
