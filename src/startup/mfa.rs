@@ -8,7 +8,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     accounts::MfaSetup,
-    auth::{keys::KeySource, mfa::SecretBox},
+    auth::{
+        keys::{KeySource, LoadRules, read_private_key_file},
+        mfa::SecretBox,
+    },
     config::Settings,
 };
 
@@ -30,15 +33,17 @@ pub enum MfaKeyError {
     },
     #[error(transparent)]
     Key(#[from] crate::auth::mfa::MfaError),
+    #[error(transparent)]
+    Unsafe(#[from] crate::auth::keys::KeyError),
 }
 
 /// Fills in the development key (so instances started from these settings share it) and
 /// builds the sealing box.
 pub fn setup(settings: &mut Settings) -> Result<MfaSetup, MfaKeyError> {
     if settings.mfa.key.is_none() {
-        let generate = !settings.is_production();
+        let (generate, rules) = (!settings.is_production(), settings.keys.load_rules());
         settings.mfa.key = Some(match &settings.keys.source {
-            KeySource::Files(paths) => key_file(&paths.dir, generate)?,
+            KeySource::Files(paths) => key_file(&paths.dir, generate, rules)?,
             // Keys from the environment and no MFA key (development only: production refuses
             // it with the settings): one for this process alone.
             KeySource::Inline(_) => SecretBox::generate_key(),
@@ -53,25 +58,20 @@ pub fn setup(settings: &mut Settings) -> Result<MfaSetup, MfaKeyError> {
     })
 }
 
-/// The key in `dir/mfa.key`; a missing file is generated when `generate` allows it.
-fn key_file(dir: &Path, generate: bool) -> Result<SecretString, MfaKeyError> {
+/// The key in `dir/mfa.key`, read under the RSA private keys' rules (in production: refused
+/// if its group or others may read it); a missing file is generated in development.
+fn key_file(dir: &Path, generate: bool, rules: LoadRules) -> Result<SecretString, MfaKeyError> {
     let path = dir.join(MFA_KEY_FILE);
-    let failed = |source| MfaKeyError::File {
-        path: path.display().to_string(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => return Ok(SecretString::from(text.trim().to_owned())),
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(failed(err)),
-        Err(_) if !generate => {
+    if !path.exists() {
+        if !generate {
             let path = path.display().to_string();
             return Err(MfaKeyError::Missing { path });
         }
-        Err(_) => {}
+        ensure_key_file(dir)?;
+        tracing::warn!(path = %path.display(), "generated a development MFA_ENCRYPTION_KEY");
     }
-    ensure_key_file(dir)?;
-    tracing::warn!(path = %path.display(), "generated a development MFA_ENCRYPTION_KEY");
-    key_file(dir, false)
+    let text = read_private_key_file(&path, rules)?;
+    Ok(SecretString::from(text.trim().to_owned()))
 }
 
 /// Writes a new `mfa.key` (mode 0600) into `dir` unless one is there; whether it wrote one.

@@ -48,10 +48,13 @@ fn refusal(vars: &HashMap<String, String>) -> String {
 
 /// Builds the application and returns the refusal; the configured services are unreachable,
 /// so a refusal must come before any connection is tried.
-async fn build_refusal(settings: Settings) -> String {
+async fn build_refusal(mut settings: Settings) -> String {
+    // Any free port: tests run side by side.
+    settings.http.port = 0;
     match Application::build(settings).await {
         Err(StartupError::Config(err)) => err.to_string(),
         Err(StartupError::Keys(err)) => err.to_string(),
+        Err(StartupError::MfaKey(err)) => err.to_string(),
         Err(other) => panic!("expected a configuration refusal, got: {other}"),
         Ok(_) => panic!("production settings were accepted"),
     }
@@ -648,5 +651,31 @@ fn a_redis_ca_bundle_needs_tls_and_a_readable_certificate() {
             message.contains("BEGIN CERTIFICATE"),
             "says how to fix: {message}"
         );
+    }
+}
+
+#[tokio::test]
+async fn production_reads_the_mfa_key_file_only_when_it_is_there_and_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = crate::helpers::write_key_dir(dir.path(), &KEYS.access, &KEYS.refresh);
+    let without_env = || {
+        let mut settings = production_with_keys(KeySource::Files(paths.clone()));
+        settings.mfa.key = None;
+        settings
+    };
+    let message = build_refusal(without_env()).await;
+    assert!(
+        message.contains("mfa.key does not exist") && message.contains("keys generate"),
+        "{message}"
+    );
+    let key = dir.path().join("mfa.key");
+    std::fs::write(&key, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let message = build_refusal(without_env()).await;
+        assert!(message.contains("mfa.key has mode 644"), "{message}");
+        assert!(message.contains("chmod 600"), "{message}");
     }
 }

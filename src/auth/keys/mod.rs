@@ -498,7 +498,7 @@ fn load_single_key_dir(
 }
 
 /// A private key file; with `owner_only`, refused if its group or others may read it.
-fn read_private_key_file(path: &Path, rules: LoadRules) -> Result<String, KeyError> {
+pub fn read_private_key_file(path: &Path, rules: LoadRules) -> Result<String, KeyError> {
     let pem = read_key_file(path)?;
     #[cfg(unix)]
     if rules.owner_only {
