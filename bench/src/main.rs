@@ -22,13 +22,13 @@ mod bare;
 mod cpus;
 mod http;
 mod load;
+mod redis_cost;
 mod wrk;
 
 use anyhow::{Context, bail};
 use bare::{Bare, Measured};
 use clap::{Parser, ValueEnum};
 use http::Http;
-use latchkey::session::NewSession;
 use load::{Recorder, Run, SERVER_PID, drive, drive_states};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -92,6 +92,11 @@ struct Args {
     /// resident memory every 10 s.
     #[arg(long)]
     soak: Option<u64>,
+    /// Instead of the scenarios: seed this many sessions and rate-limit counters into
+    /// BENCH_REDIS_URL (under a prefix of their own, removed afterwards) and print the bytes
+    /// of Redis memory each costs. No server is started.
+    #[arg(long)]
+    redis_cost: Option<u64>,
 }
 
 fn database_url() -> String {
@@ -804,19 +809,7 @@ async fn memory_store_cost() -> anyhow::Result<Value> {
     let before = rss_kib(std::process::id()).unwrap_or(0);
     let now = chrono::Utc::now().timestamp();
     for _ in 0..n {
-        store
-            .create(NewSession {
-                id: Uuid::new_v4(),
-                user_id: Uuid::new_v4(),
-                user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Bench/1.0".into()),
-                ip: Some("203.0.113.7".into()),
-                created_at: now,
-                access_jti: Uuid::new_v4(),
-                access_exp: now + 900,
-                refresh_jti: Uuid::new_v4(),
-                refresh_exp: now + 3600,
-            })
-            .await?;
+        store.create(redis_cost::session(now)).await?;
     }
     let after = rss_kib(std::process::id()).unwrap_or(0);
     let line = json!({
@@ -840,6 +833,10 @@ async fn cleanup(server: Server) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    if let Some(n) = args.redis_cost {
+        redis_cost::measure(&redis_url(), n).await?;
+        return Ok(());
+    }
     if !args.server.exists() {
         bail!(
             "{} does not exist: build it first with `cargo build --release --bin latchkey`",
