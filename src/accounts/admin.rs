@@ -279,6 +279,13 @@ impl Accounts {
         Ok(())
     }
 
+    /// The user with this address (the command line's way to name one).
+    pub async fn user_by_email(&self, email: &str) -> Result<user::Model, AccountError> {
+        let email = normalize_email(email);
+        let user = self.db.users().find_by_email(&email).await?;
+        user.ok_or(AccountError::NoSuchUser)
+    }
+
     /// Sets the role of the account with this email (the command line), audited with the
     /// command line as the actor.
     pub async fn set_role(
@@ -287,14 +294,11 @@ impl Accounts {
         role: Role,
         client: &ClientInfo,
     ) -> Result<user::Model, AccountError> {
-        let email = normalize_email(email);
-        let users = self.db.users();
-        let before = users
-            .find_by_email(&email)
-            .await?
-            .ok_or(AccountError::NoSuchUser)?;
-        let user = users
-            .set_role(&email, role)
+        let before = self.user_by_email(email).await?;
+        let user = self
+            .db
+            .users()
+            .set_role(&before.email, role)
             .await?
             .ok_or(AccountError::NoSuchUser)?;
         if before.role != user.role {

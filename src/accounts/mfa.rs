@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{
     AccountError, Accounts, Caller, SignedIn,
     links::{new_token, token_hash},
-    validate::{Validator, normalize_email},
+    validate::Validator,
 };
 use crate::{
     audit::{Event, EventType},
@@ -57,7 +57,7 @@ fn password_check(user: &user::Model) -> String {
 }
 
 fn now_secs() -> u64 {
-    u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0)
+    u64::try_from(crate::store::clock::now_secs()).unwrap_or(0)
 }
 
 impl Accounts {
@@ -110,7 +110,7 @@ impl Accounts {
             .ok_or(AccountError::MfaNotPending)?;
         let secret = self.open_secret(&factor)?;
         let Some(step) = mfa::matching_step(&secret, &code, now_secs()) else {
-            return Err(wrong_field("code"));
+            return Err(Validator::incorrect("code"));
         };
         let codes = mfa::new_recovery_codes();
         let hashes = codes.iter().map(|c| mfa::recovery_code_hash(c)).collect();
@@ -214,7 +214,7 @@ impl Accounts {
             return Ok(());
         }
         self.limits.login_failed(&user.email).await?;
-        Err(wrong_field("code"))
+        Err(Validator::incorrect("code"))
     }
 
     /// The second step of a login whose password was right: stores the challenge and returns
@@ -389,13 +389,6 @@ impl Accounts {
         }
         Ok(resealed)
     }
-
-    /// The user with this address (the command line's way to name one).
-    pub async fn user_by_email(&self, email: &str) -> Result<user::Model, AccountError> {
-        let email = normalize_email(email);
-        let user = self.db.users().find_by_email(&email).await?;
-        user.ok_or(AccountError::NoSuchUser)
-    }
 }
 
 /// A code field: recovery codes are told apart from TOTP codes by their shape.
@@ -404,14 +397,5 @@ fn proof_of(code: String) -> Proof {
         Proof::RecoveryCode(code)
     } else {
         Proof::Totp(code)
-    }
-}
-
-fn wrong_field(field: &str) -> AccountError {
-    let mut v = Validator::new();
-    v.fail(field, "is incorrect");
-    match v.finish(None::<()>) {
-        Err(err) => err,
-        Ok(()) => AccountError::MfaInvalid,
     }
 }

@@ -117,8 +117,6 @@ impl Accounts {
             return Ok(());
         }
         self.limits.login_failed(&user.email).await?;
-        let mut v = Validator::new();
-        v.fail(field, "is incorrect");
-        v.finish(None::<()>)
+        Err(Validator::incorrect(field))
     }
 }

@@ -122,6 +122,14 @@ impl Validator {
 
     /// The checked values when no rule was broken, else one refusal with every field error.
     /// Pass the values combined with `Option::zip`: each is `Some` exactly when it passed.
+    /// The error of a well-formed secret that does not match: a password, a code.
+    pub fn incorrect(field: &str) -> AccountError {
+        AccountError::Invalid(vec![FieldError {
+            field: field.to_owned(),
+            issue: "is incorrect".into(),
+        }])
+    }
+
     pub fn finish<T>(self, values: Option<T>) -> Result<T, AccountError> {
         match values {
             Some(values) if self.errors.is_empty() => Ok(values),

@@ -4,7 +4,7 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseBackend, DatabaseConnection, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, UpdateMany,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType},
 };
 use uuid::Uuid;
@@ -94,18 +94,11 @@ impl<'a> Outbox<'a> {
         next: DateTime<Utc>,
         error: &str,
     ) -> Result<(), DbErr> {
-        mail_outbox::Entity::update_many()
-            .col_expr(mail_outbox::Column::Status, Expr::value(Status::Pending))
+        attempt_over(id, Status::Pending, error)
             .col_expr(
                 mail_outbox::Column::NextAttemptAt,
                 Expr::value(next.trunc_subsecs(6)),
             )
-            .col_expr(
-                mail_outbox::Column::LockedUntil,
-                Expr::value(None::<DateTime<Utc>>),
-            )
-            .col_expr(mail_outbox::Column::LastError, Expr::value(bounded(error)))
-            .filter(mail_outbox::Column::Id.eq(id))
             .exec(self.conn)
             .await
             .map(|_| ())
@@ -114,17 +107,10 @@ impl<'a> Outbox<'a> {
     /// No more attempts: the mail stays for admins to see, without its body (which holds a
     /// link).
     pub async fn bury(&self, id: Uuid, error: &str) -> Result<(), DbErr> {
-        mail_outbox::Entity::update_many()
-            .col_expr(mail_outbox::Column::Status, Expr::value(Status::Dead))
+        attempt_over(id, Status::Dead, error)
             .col_expr(mail_outbox::Column::BodyText, Expr::value(None::<String>))
             .col_expr(mail_outbox::Column::BodyHtml, Expr::value(None::<String>))
             .col_expr(mail_outbox::Column::Link, Expr::value(None::<String>))
-            .col_expr(
-                mail_outbox::Column::LockedUntil,
-                Expr::value(None::<DateTime<Utc>>),
-            )
-            .col_expr(mail_outbox::Column::LastError, Expr::value(bounded(error)))
-            .filter(mail_outbox::Column::Id.eq(id))
             .exec(self.conn)
             .await
             .map(|_| ())
@@ -168,4 +154,17 @@ impl<'a> Outbox<'a> {
 /// The column holds 500 characters; SMTP replies can be longer.
 fn bounded(error: &str) -> String {
     error.chars().take(500).collect()
+}
+
+/// The update that ends a failed attempt of mail `id`: its new status, its lease released, the
+/// error kept (bounded).
+fn attempt_over(id: Uuid, status: Status, error: &str) -> UpdateMany<mail_outbox::Entity> {
+    mail_outbox::Entity::update_many()
+        .col_expr(mail_outbox::Column::Status, Expr::value(status))
+        .col_expr(
+            mail_outbox::Column::LockedUntil,
+            Expr::value(None::<DateTime<Utc>>),
+        )
+        .col_expr(mail_outbox::Column::LastError, Expr::value(bounded(error)))
+        .filter(mail_outbox::Column::Id.eq(id))
 }
