@@ -1064,3 +1064,25 @@ macro_rules! store_contract {
         )*
     };
 }
+
+/// Generates, for each test function taking a `Backend` (it builds its own instances), one
+/// test per backend.
+#[macro_export]
+macro_rules! per_backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn embedded() {
+                    super::$name($crate::helpers::Backend::Embedded).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_redis() {
+                    $crate::require!(PostgresRedis);
+                    super::$name($crate::helpers::Backend::PostgresRedis).await;
+                }
+            }
+        )*
+    };
+}

@@ -83,27 +83,7 @@ pub async fn sleep_until(t: DateTime<Utc>) {
     tokio::time::sleep(wait + Duration::from_millis(50)).await;
 }
 
-/// Generates, for each test function taking a `Backend`, one test per backend.
-macro_rules! key_dir_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn embedded() {
-                    super::$name($crate::helpers::Backend::Embedded).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres_redis() {
-                    $crate::require!(PostgresRedis);
-                    super::$name($crate::helpers::Backend::PostgresRedis).await;
-                }
-            }
-        )*
-    };
-}
-
-key_dir_tests!(
+crate::per_backend_tests!(
     tokens_signed_before_a_rotation_keep_verifying_after_it,
     a_new_key_is_in_the_jwks_before_it_signs_anything,
     after_the_switch_new_tokens_carry_the_new_kid,

@@ -25,7 +25,8 @@ pub struct Received {
 }
 
 impl Received {
-    fn parse(from: String, to: Vec<String>, raw: &[u8]) -> Self {
+    /// A mail from its raw bytes (as received, or as an `.eml` file holds it).
+    pub fn parse(from: String, to: Vec<String>, raw: &[u8]) -> Self {
         let message = MessageParser::default()
             .parse(raw)
             .expect("a parsable mail");
