@@ -230,8 +230,9 @@ async fn revoke_all_removes_every_session_of_one_user(store: Arc<dyn SessionStor
 
 async fn expired_tokens_and_sessions_are_gone(store: Arc<dyn SessionStore>) {
     let user = Uuid::new_v4();
-    // Access token lives 1 s, the session 2 s.
-    let s = new_session(user, 1, 2);
+    // Expiry is in whole seconds (EXPIREAT): an access token of 2 s lives 1 to 2 s, which is
+    // long enough for the first check on a loaded machine; the session's 3 s end by 3.1 s.
+    let s = new_session(user, 2, 3);
     store.create(s.clone()).await.unwrap();
     assert!(
         store
