@@ -7,6 +7,7 @@ mod m20261203_000003_index_audit_events_time;
 mod m20261203_000004_add_users_email_verified_at;
 mod m20261203_000005_create_link_tokens_and_mail_outbox;
 mod m20261203_000006_create_totp_factors_and_recovery_codes;
+mod m20261204_000007_index_users_listing;
 
 /// Applies Latchkey's migrations in order; the server runs it at start.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000004_add_users_email_verified_at::Migration),
             Box::new(m20261203_000005_create_link_tokens_and_mail_outbox::Migration),
             Box::new(m20261203_000006_create_totp_factors_and_recovery_codes::Migration),
+            Box::new(m20261204_000007_index_users_listing::Migration),
         ]
     }
 }

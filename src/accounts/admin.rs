@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::{
     AccountError, Accounts, Caller,
+    paging::{Page, PageQuery, Paging, paging},
     validate::{Validator, has_control_chars, normalize_email},
 };
 use crate::{
@@ -21,29 +22,6 @@ use crate::{
         users::{AdminChange, ChangeOutcome, UserFilter},
     },
 };
-
-/// Largest page size.
-pub const MAX_PER_PAGE: i64 = 100;
-/// Largest page number: keeps `(page - 1) * per_page` far inside what the database accepts.
-pub const MAX_PAGE: i64 = 10_000_000;
-const DEFAULT_PER_PAGE: i64 = 20;
-
-/// One page of a listing, and how many items match in all.
-#[derive(Debug, Clone)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub page: i64,
-    pub per_page: i64,
-    pub total: u64,
-}
-
-/// A listing's page parameters as the client sent them: `page` from 1 (default 1), `per_page`
-/// 1 to 100 (default 20).
-#[derive(Debug, Clone, Default)]
-pub struct PageQuery {
-    pub page: Option<String>,
-    pub per_page: Option<String>,
-}
 
 /// An admin's change to an account, as the client sent it.
 #[derive(Debug, Clone, Default)]
@@ -61,26 +39,20 @@ impl Accounts {
         role: Option<String>,
     ) -> Result<Page<user::Model>, AccountError> {
         let mut v = Validator::new();
-        let paging = pagination(&mut v, query);
+        let paging = paging(&mut v, query);
         let role = role_field(&mut v, "role", role);
         let email = email.map(|e| normalize_email(&e)).filter(|e| !e.is_empty());
         if email.as_deref().is_some_and(has_control_chars) {
             v.fail("email", "must not contain control characters");
         }
-        let (page, per_page) = v.finish(paging)?;
+        let paging = v.finish(paging)?;
         let filter = UserFilter {
             email_contains: email,
             role,
         };
-        // Both are positive here; a page past the end is simply empty.
-        let (page_no, size) = (page.unsigned_abs(), per_page.unsigned_abs());
-        let (items, total) = self.db.users().list(&filter, page_no, size).await?;
-        Ok(Page {
-            items,
-            page,
-            per_page,
-            total,
-        })
+        let users = self.db.users();
+        let (rows, total) = users.list(&filter, paging.start, paging.limit()).await?;
+        Ok(paging.page(rows, total, |u| (u.created_at, u.id)))
     }
 
     /// A page of audit events, newest first, filtered by user id and event type.
@@ -91,7 +63,7 @@ impl Accounts {
         event_type: Option<String>,
     ) -> Result<Page<audit_event::Model>, AccountError> {
         let mut v = Validator::new();
-        let paging = pagination(&mut v, query);
+        let paging = paging(&mut v, query);
         let user_id = user_id.and_then(|raw| {
             let id = Uuid::parse_str(raw.trim()).ok();
             if id.is_none() {
@@ -106,19 +78,14 @@ impl Accounts {
             }
             known.map(|kind| kind.as_str().to_owned())
         });
-        let (page, per_page) = v.finish(paging)?;
+        let paging = v.finish(paging)?;
         let filter = AuditFilter {
             user_id,
             event_type,
         };
-        let (page_no, size) = (page.unsigned_abs(), per_page.unsigned_abs());
-        let (items, total) = self.db.audit().list(&filter, page_no, size).await?;
-        Ok(Page {
-            items,
-            page,
-            per_page,
-            total,
-        })
+        let audit = self.db.audit();
+        let (rows, total) = audit.list(&filter, paging.start, paging.limit()).await?;
+        Ok(paging.page(rows, total, |e| (e.occurred_at, e.id)))
     }
 
     /// A page of the mail outbox, oldest first: what is waiting, and what failed for good
@@ -129,7 +96,14 @@ impl Accounts {
         status: Option<String>,
     ) -> Result<Page<mail_outbox::Model>, AccountError> {
         let mut v = Validator::new();
-        let paging = pagination(&mut v, query);
+        // The outbox stays small (sent mails leave it): page numbers only.
+        let paging = paging(
+            &mut v,
+            PageQuery {
+                after: None,
+                ..query
+            },
+        );
         let status = status.and_then(|raw| {
             let known = [Status::Pending, Status::Sending, Status::Dead]
                 .into_iter()
@@ -139,7 +113,7 @@ impl Accounts {
             }
             known
         });
-        let (page, per_page) = v.finish(paging)?;
+        let Paging { page, per_page, .. } = v.finish(paging)?;
         let (page_no, size) = (page.unsigned_abs(), per_page.unsigned_abs());
         let (items, total) = self.db.outbox().list(status, page_no, size).await?;
         Ok(Page {
@@ -147,6 +121,7 @@ impl Accounts {
             page,
             per_page,
             total,
+            next: None,
         })
     }
 
@@ -319,39 +294,4 @@ fn role_field(v: &mut Validator, field: &str, value: Option<String>) -> Option<R
         v.fail(field, format!("must be one of {}", names.join(", ")));
     }
     role
-}
-
-/// A whole-number query parameter within `range`; absent means `default`. Anything else,
-/// including numbers too large for 64 bits, is a field error, never a 400 or 500.
-fn bounded(
-    v: &mut Validator,
-    field: &str,
-    raw: Option<String>,
-    default: i64,
-    range: std::ops::RangeInclusive<i64>,
-) -> Option<i64> {
-    let Some(raw) = raw else {
-        return Some(default);
-    };
-    match raw.trim().parse::<i64>() {
-        Ok(n) if range.contains(&n) => Some(n),
-        _ => {
-            let (from, to) = (range.start(), range.end());
-            v.fail(field, format!("must be a whole number from {from} to {to}"));
-            None
-        }
-    }
-}
-
-/// `page` (from 1) and `per_page` (1 to 100, default 20).
-fn pagination(v: &mut Validator, query: PageQuery) -> Option<(i64, i64)> {
-    let page = bounded(v, "page", query.page, 1, 1..=MAX_PAGE);
-    let per_page = bounded(
-        v,
-        "per_page",
-        query.per_page,
-        DEFAULT_PER_PAGE,
-        1..=MAX_PER_PAGE,
-    );
-    page.zip(per_page)
 }

@@ -11,6 +11,7 @@ mod guard;
 mod links;
 mod login;
 mod mfa;
+mod paging;
 mod profile;
 mod refresh;
 mod register;
@@ -20,13 +21,14 @@ pub mod validate;
 use std::{sync::Arc, time::Duration};
 
 pub use self::{
-    admin::{AdminUpdate, Page, PageQuery},
+    admin::AdminUpdate,
     email::LinkRequest,
     error::AccountError,
     guard::Caller,
     links::{EmailPolicy, Verification},
     login::SignedIn,
     mfa::{CHALLENGE_SECS, LoginOutcome, MfaChallenge, Proof},
+    paging::{Page, PageQuery},
     refresh::RefreshKind,
     register::{NewAccount, Registration},
 };

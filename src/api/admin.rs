@@ -80,6 +80,9 @@ pub struct UserPage {
     pub per_page: i64,
     /// How many users match the filter in all.
     pub total: u64,
+    /// Pass as `after` for the following page (reads only that page, however deep); absent on
+    /// the last page.
+    pub next: Option<String>,
 }
 
 /// Changes to an account; at least one field.
@@ -151,6 +154,9 @@ pub struct AuditPage {
     pub total: u64,
     /// Whether more than `total` events match (counting stops at 10,000).
     pub total_capped: bool,
+    /// Pass as `after` for the following page (reads only that page, however deep); absent on
+    /// the last page.
+    pub next: Option<String>,
 }
 
 #[derive(ApiResponse)]
@@ -167,6 +173,7 @@ impl UserPage {
             page: page.page,
             per_page: page.per_page,
             total: page.total,
+            next: page.next,
         }
     }
 }
@@ -179,6 +186,7 @@ impl AuditPage {
             per_page: page.per_page,
             total: page.total.min(COUNT_CAP),
             total_capped: page.total > COUNT_CAP,
+            next: page.next,
         }
     }
 }
@@ -192,8 +200,12 @@ pub struct AdminApi;
 #[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Admin")]
 impl AdminApi {
     /// List users, oldest first, optionally filtered by an email substring and by role.
-    /// `page` starts at 1; `per_page` is 1 to 100 (default 20); other values are 422.
+    /// `page` starts at 1; `per_page` is 1 to 100 (default 20); other values are 422. Instead
+    /// of `page`, `after` takes the previous page's `next`: deep pages stay as fast as the
+    /// first (the answer's `page` then counts from the page the walk started on).
     #[oai(path = "/users", method = "get", operation_id = "admin_list_users")]
+    // poem-openapi documents each query parameter from its own argument.
+    #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
         state: poem::web::Data<&AppState>,
@@ -202,6 +214,8 @@ impl AdminApi {
         page: Query<Option<String>>,
         /// Page size, 1 to 100 (default 20).
         per_page: Query<Option<String>>,
+        /// The previous page's `next`, instead of `page`.
+        after: Query<Option<String>>,
         /// Only users whose email contains this text.
         email: Query<Option<String>>,
         /// Only users with this role: `user` or `admin`.
@@ -210,6 +224,7 @@ impl AdminApi {
         let query = PageQuery {
             page: page.0,
             per_page: per_page.0,
+            after: after.0,
         };
         let found = state.accounts.list_users(query, email.0, role.0).await?;
         Ok(UserPageResult::Ok(Json(UserPage::new(found))))
@@ -279,12 +294,15 @@ impl AdminApi {
 
     /// The audit trail, newest first: registrations, logins (succeeded and failed), logouts,
     /// refresh-token reuse, password changes, role changes, disabled/enabled and deleted users.
-    /// Filter by `user_id` and `event_type`; `page` from 1, `per_page` 1 to 100.
+    /// Filter by `user_id` and `event_type`; `page` from 1, `per_page` 1 to 100, or `after`
+    /// (the previous page's `next`) instead of `page`.
     #[oai(
         path = "/audit",
         method = "get",
         operation_id = "admin_list_audit_events"
     )]
+    // poem-openapi documents each query parameter from its own argument.
+    #[allow(clippy::too_many_arguments)]
     async fn audit(
         &self,
         state: poem::web::Data<&AppState>,
@@ -293,6 +311,8 @@ impl AdminApi {
         page: Query<Option<String>>,
         /// Page size, 1 to 100 (default 20).
         per_page: Query<Option<String>>,
+        /// The previous page's `next`, instead of `page`.
+        after: Query<Option<String>>,
         /// Only events of this user.
         user_id: Query<Option<String>>,
         /// Only events of this type, e.g. `login_failed`.
@@ -301,6 +321,7 @@ impl AdminApi {
         let query = PageQuery {
             page: page.0,
             per_page: per_page.0,
+            after: after.0,
         };
         let found = state
             .accounts

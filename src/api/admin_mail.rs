@@ -101,6 +101,7 @@ impl AdminMailApi {
         let query = PageQuery {
             page: page.0,
             per_page: per_page.0,
+            after: None,
         };
         let found = state.accounts.mail_outbox(query, status.0).await?;
         Ok(MailPageResult::Ok(Json(found.into())))

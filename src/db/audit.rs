@@ -3,11 +3,11 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set,
+    QueryFilter, QuerySelect, Set,
 };
 use uuid::Uuid;
 
-use super::entities::audit_event;
+use super::{PageStart, entities::audit_event};
 
 /// Matches counted at most; past it a listing reports `COUNT_CAP + 1`.
 pub const COUNT_CAP: u64 = 10_000;
@@ -58,8 +58,8 @@ impl<'a> AuditEvents<'a> {
     pub async fn list(
         &self,
         filter: &AuditFilter,
-        page: u64,
-        per_page: u64,
+        start: PageStart,
+        limit: u64,
     ) -> Result<(Vec<audit_event::Model>, u64), DbErr> {
         let mut query = audit_event::Entity::find();
         if let Some(user_id) = filter.user_id {
@@ -68,15 +68,9 @@ impl<'a> AuditEvents<'a> {
         if let Some(event_type) = &filter.event_type {
             query = query.filter(audit_event::Column::EventType.eq(event_type.as_str()));
         }
-        let query = query
-            .order_by_desc(audit_event::Column::OccurredAt)
-            .order_by_desc(audit_event::Column::Id);
         let total = query.clone().limit(COUNT_CAP + 1).count(self.conn).await?;
-        let events = query
-            .offset((page - 1) * per_page)
-            .limit(per_page)
-            .all(self.conn)
-            .await?;
+        let key = (audit_event::Column::OccurredAt, audit_event::Column::Id);
+        let events = start.apply(query, key, true, limit).all(self.conn).await?;
         Ok((events, total))
     }
 }

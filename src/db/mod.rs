@@ -11,8 +11,13 @@ pub mod users;
 
 use std::{path::Path, time::Duration};
 
+use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, DatabaseConnection, DbErr, QuerySelect, Select,
+    sea_query::{Expr, IntoColumnRef},
+};
+use uuid::Uuid;
 
 use self::{
     audit::AuditEvents, links::LinkTokens, mfa::Mfa, outbox::Outbox, reads::Reads, users::Users,
@@ -73,6 +78,55 @@ impl Database {
     /// The hot path's read connections (see [`reads`]).
     pub fn reads(&self) -> &Reads {
         &self.reads
+    }
+}
+
+/// Where a page of a listing starts. Skipping reads and throws away every row before the page,
+/// so deep pages get slower as the table grows; starting after the previous page's last sort
+/// key (keyset) reads only the page, through the index the listing is ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageStart {
+    Skip(u64),
+    /// After the row with this time and id, in the listing's order.
+    After(DateTime<Utc>, Uuid),
+}
+
+impl PageStart {
+    /// `query`, ordered by `(time, id)` (ascending, or descending with `newest_first`), from
+    /// this start and at most `limit` rows. The keyset condition is one row comparison, which
+    /// PostgreSQL answers from a `(time, id)` index.
+    fn apply<E: sea_orm::EntityTrait>(
+        self,
+        query: Select<E>,
+        (time, id): (impl IntoColumnRef + Copy, impl IntoColumnRef + Copy),
+        newest_first: bool,
+        limit: u64,
+    ) -> Select<E> {
+        use sea_orm::{
+            QueryFilter, QueryOrder,
+            sea_query::{ExprTrait, Order},
+        };
+        let order = if newest_first {
+            Order::Desc
+        } else {
+            Order::Asc
+        };
+        let query = query
+            .order_by(Expr::col(time), order.clone())
+            .order_by(Expr::col(id), order);
+        let query = match self {
+            Self::Skip(rows) => query.offset(rows),
+            Self::After(at, after_id) => {
+                let key = Expr::tuple([Expr::col(time), Expr::col(id)]);
+                let from = Expr::tuple([Expr::value(at), Expr::value(after_id)]);
+                query.filter(if newest_first {
+                    key.lt(from)
+                } else {
+                    key.gt(from)
+                })
+            }
+        };
+        query.limit(limit)
     }
 }
 

@@ -4,12 +4,13 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Set, TransactionTrait,
     sea_query::{Expr, ExprTrait, LikeExpr},
 };
 use uuid::Uuid;
 
 use super::{
+    PageStart,
     entities::user::{self, PasswordHash, Role},
     reads::Reads,
 };
@@ -139,8 +140,8 @@ impl<'a> Users<'a> {
     pub async fn list(
         &self,
         filter: &UserFilter,
-        page: u64,
-        per_page: u64,
+        start: PageStart,
+        limit: u64,
     ) -> Result<(Vec<user::Model>, u64), DbErr> {
         let mut query = user::Entity::find();
         if let Some(part) = &filter.email_contains {
@@ -157,15 +158,9 @@ impl<'a> Users<'a> {
         if let Some(role) = filter.role {
             query = query.filter(user::Column::Role.eq(role));
         }
-        let query = query
-            .order_by_asc(user::Column::CreatedAt)
-            .order_by_asc(user::Column::Id);
         let total = query.clone().count(self.conn).await?;
-        let users = query
-            .offset((page - 1) * per_page)
-            .limit(per_page)
-            .all(self.conn)
-            .await?;
+        let key = (user::Column::CreatedAt, user::Column::Id);
+        let users = start.apply(query, key, false, limit).all(self.conn).await?;
         Ok((users, total))
     }
 

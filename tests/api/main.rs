@@ -19,6 +19,7 @@ mod health_and_docs;
 mod keys;
 mod lifecycle;
 mod limit_store;
+mod listing;
 mod malformed;
 mod mfa;
 mod observability;
