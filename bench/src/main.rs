@@ -18,11 +18,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod admin_queries;
 mod bare;
 mod cpus;
 mod http;
 mod load;
 mod redis_cost;
+mod seed;
 mod wrk;
 
 use anyhow::{Context, bail};
@@ -97,6 +99,20 @@ struct Args {
     /// of Redis memory each costs. No server is started.
     #[arg(long)]
     redis_cost: Option<u64>,
+    /// Before the scenarios: store this many users in the server's database (by SQL, sharing
+    /// one password hash).
+    #[arg(long, default_value_t = 0)]
+    seed_users: u64,
+    /// Before the scenarios: this many live sessions in the server's Redis, of seeded users.
+    #[arg(long, default_value_t = 0)]
+    seed_sessions: u64,
+    /// Before the scenarios: this many audit events (by SQL), about seeded users.
+    #[arg(long, default_value_t = 0)]
+    seed_audit: u64,
+    /// After the scenarios: time the admin users and audit listings (first pages, deep pages
+    /// by number and by `after`, filters), one request at a time.
+    #[arg(long, default_value_t = false)]
+    admin_queries: bool,
 }
 
 fn database_url() -> String {
@@ -822,11 +838,44 @@ async fn memory_store_cost() -> anyhow::Result<Value> {
     Ok(line)
 }
 
+/// The `--seed-*` data, seeded into the server's database and Redis; a connection to its
+/// database.
+async fn seed_data(args: &Args, server: &Server) -> anyhow::Result<sea_orm::DatabaseConnection> {
+    let db = latchkey::db::connect(&server.env["DATABASE_URL"], Some(2)).await?;
+    let seed = seed::Seed {
+        users: args.seed_users,
+        sessions: args.seed_sessions,
+        audit: args.seed_audit,
+    };
+    if !seed.is_empty() {
+        if args.backend != Backend::Postgres {
+            bail!("--seed-* needs --backend postgres");
+        }
+        // Its password hash is the one every seeded user gets.
+        let template = "seed-template@bench.example";
+        if !register(&server.http, template).await {
+            bail!("registering the seed template failed");
+        }
+        let redis = server.env.get("REDIS_URL").map(String::as_str);
+        let prefix = server.env.get("REDIS_KEY_PREFIX").map(String::as_str);
+        seed::run(&db, redis, prefix, template, seed).await?;
+    }
+    Ok(db)
+}
+
 async fn cleanup(server: Server) {
     let database = server.database.clone();
+    let redis = server.env.get("REDIS_URL").cloned();
+    let prefix = server.env.get("REDIS_KEY_PREFIX").cloned();
     drop(server);
     if let Some(name) = database {
         let _ = run_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+    }
+    // A run may leave a million sessions behind, with a week to live.
+    if let (Some(url), Some(prefix)) = (redis, prefix)
+        && let Err(err) = redis_cost::clear_prefix(&url, &prefix).await
+    {
+        eprintln!("bench: removing the run's Redis keys: {err:#}");
     }
 }
 
@@ -860,7 +909,12 @@ async fn main() -> anyhow::Result<()> {
             memory_store_cost().await?;
             return Ok(());
         }
-        run_scenarios(&args, &server).await
+        let db = seed_data(&args, &server).await?;
+        run_scenarios(&args, &server).await?;
+        if args.admin_queries {
+            admin_queries::measure(&server.http, &db, args.seed_users, args.seed_audit).await?;
+        }
+        Ok(())
     }
     .await;
     cleanup(server).await;

@@ -53,6 +53,15 @@ async fn clear(client: &RedisClient, prefix: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Deletes every key under `prefix` in the Redis at `url`.
+pub async fn clear_prefix(url: &str, prefix: &str) -> anyhow::Result<()> {
+    clear(
+        &RedisClient::new(url, &RedisOptions::multiplexed())?,
+        prefix,
+    )
+    .await
+}
+
 /// A session as a browser login makes one (user agent and IP included).
 pub fn session(now: i64) -> NewSession {
     NewSession {
