@@ -6,6 +6,7 @@ pub mod entities;
 pub mod links;
 pub mod mfa;
 pub mod outbox;
+pub mod pooler;
 pub mod reads;
 pub mod users;
 
