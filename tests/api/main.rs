@@ -22,6 +22,7 @@ mod limit_store;
 mod malformed;
 mod mfa;
 mod observability;
+mod pgbouncer;
 mod products;
 mod proxy;
 mod redis_servers;
