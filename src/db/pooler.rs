@@ -49,9 +49,11 @@ pub enum PoolerError {
     StatementsMixed { symptom: String },
     /// A pooler refused a parameter the driver sends when it connects.
     #[error(
-        "the connection pooler at DATABASE_URL refused the connection: {message}. Add the \
-         parameter to the pooler's `ignore_startup_parameters` (the driver always sets \
-         `extra_float_digits`: `ignore_startup_parameters = extra_float_digits` in pgbouncer.ini)"
+        "the connection pooler at DATABASE_URL refused the connection: {message}. The driver \
+         always sends `extra_float_digits`, which is safe to drop: set \
+         `ignore_startup_parameters = extra_float_digits` in pgbouncer.ini. Any other \
+         parameter comes from DATABASE_URL (`options`): remove it there rather than have the \
+         pooler ignore it, which would drop its effect"
     )]
     StartupParameter { message: String },
     /// The database could not be reached, or answered with an unrelated error.
