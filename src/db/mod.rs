@@ -6,6 +6,7 @@ pub mod entities;
 pub mod links;
 pub mod mfa;
 pub mod outbox;
+pub mod pooler;
 pub mod reads;
 pub mod users;
 
@@ -172,13 +173,22 @@ pub fn default_postgres_pool_size() -> u32 {
 
 /// Whether `err` means the database is out of reach (down, restarting, its connections
 /// broken or the pool exhausted) rather than a bad query: a retry later can succeed, so the
-/// client gets 503, not 500.
+/// client gets 503, not 500. A prepared statement lost on its connection is logged with the
+/// likely cause, a connection pooler, which the error alone does not name.
 pub fn is_unavailable(err: &DbErr) -> bool {
     use sea_orm::{RuntimeErr, sqlx};
     match err {
         DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(sqlx_err))
         | DbErr::Query(RuntimeErr::SqlxError(sqlx_err)) => {
+            if pooler::lost_statement(sqlx_err) {
+                tracing::warn!(
+                    fix = pooler::FIX,
+                    "a prepared statement went missing or was taken on its database \
+                     connection: a connection pooler in transaction mode that does not track \
+                     prepared statements is in between"
+                );
+            }
             matches!(
                 **sqlx_err,
                 sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed

@@ -193,9 +193,14 @@ impl PgReadPool {
     }
 }
 
-/// Whether `err` leaves its connection unusable: I/O, TLS or protocol trouble, or a FATAL
-/// error, with which PostgreSQL ends the session (`pg_terminate_backend`, a shutdown).
+/// Whether `err` leaves its connection unusable: I/O, TLS or protocol trouble, a FATAL
+/// error, with which PostgreSQL ends the session (`pg_terminate_backend`, a shutdown), or a
+/// prepared statement lost on the server (the connection's statement cache no longer matches
+/// it; see [`super::pooler`]).
 pub(super) fn breaks_connection(err: &sqlx::Error) -> bool {
+    if super::pooler::lost_statement(err) {
+        return true;
+    }
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

@@ -224,6 +224,8 @@ pub enum Group {
     PyJwt,
     /// Chromium and chromedriver (the account pages in a real browser).
     Browser,
+    /// A `pgbouncer` 1.21 or later the tests start in front of PostgreSQL.
+    PgBouncer,
 }
 
 impl Group {
@@ -240,6 +242,7 @@ impl Group {
             Group::Nginx => "nginx forward auth",
             Group::PyJwt => "PyJWT verifier",
             Group::Browser => "headless Chromium",
+            Group::PgBouncer => "pgbouncer (transaction pooling)",
         }
     }
 }
@@ -272,6 +275,7 @@ pub fn available(group: Group) -> bool {
         Group::PyJwt => missing_program("python3", &["-c", "import jwt, cryptography"]),
         Group::Browser => missing_program(crate::browser::CHROMEDRIVER, &["--version"])
             .or_else(|| missing_program(crate::browser::CHROMIUM, &["--version"])),
+        Group::PgBouncer => crate::pgbouncer::missing(),
     };
     let Some(missing) = missing else {
         return true;
@@ -290,7 +294,8 @@ pub fn available(group: Group) -> bool {
             std::io::stderr(),
             "note: skipping the {} tests: {missing}. To run them, install PostgreSQL and Redis \
              (README, Tests), point LATCHKEY_TEST_DATABASE_URL / LATCHKEY_TEST_REDIS_URL at \
-             yours, or run `bash .ci/run` (which also installs nginx, PyJWT and Chromium)",
+             yours, or run `bash .ci/run` (which also installs nginx, PyJWT and Chromium, and \
+             builds PgBouncer)",
             group.name()
         );
     }

@@ -23,6 +23,7 @@ mod listing;
 mod malformed;
 mod mfa;
 mod observability;
+mod pgbouncer;
 mod products;
 mod proxy;
 mod redis_servers;
