@@ -8,6 +8,7 @@ mod m20261203_000004_add_users_email_verified_at;
 mod m20261203_000005_create_link_tokens_and_mail_outbox;
 mod m20261203_000006_create_totp_factors_and_recovery_codes;
 mod m20261204_000007_index_users_listing;
+mod m20261204_000008_index_users_email_search;
 
 /// Applies Latchkey's migrations in order; the server runs it at start.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000005_create_link_tokens_and_mail_outbox::Migration),
             Box::new(m20261203_000006_create_totp_factors_and_recovery_codes::Migration),
             Box::new(m20261204_000007_index_users_listing::Migration),
+            Box::new(m20261204_000008_index_users_email_search::Migration),
         ]
     }
 }

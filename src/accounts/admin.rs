@@ -6,13 +6,14 @@ use uuid::Uuid;
 
 use super::{
     AccountError, Accounts, Caller,
-    paging::{Page, PageQuery, Paging, paging},
+    paging::{Count, Page, PageQuery, Paging, paging},
     validate::{Validator, has_control_chars, normalize_email},
 };
 use crate::{
     audit::{Event, EventType},
     client::ClientInfo,
     db::{
+        PageStart,
         audit::AuditFilter,
         entities::{
             audit_event,
@@ -50,9 +51,19 @@ impl Accounts {
             email_contains: email,
             role,
         };
+        // Numbered pages count every match (a page list needs the last page); a walk by
+        // `after` counts up to the cap, or each of its pages would recount the whole table.
+        let capped = matches!(paging.start, PageStart::After(..));
         let users = self.db.users();
-        let (rows, total) = users.list(&filter, paging.start, paging.limit()).await?;
-        Ok(paging.page(rows, total, |u| (u.created_at, u.id)))
+        let (rows, n) = users
+            .list(&filter, paging.start, paging.limit(), capped)
+            .await?;
+        let count = if capped {
+            Count::Capped(n)
+        } else {
+            Count::Exact(n)
+        };
+        Ok(paging.page(rows, count, |u| (u.created_at, u.id)))
     }
 
     /// A page of audit events, newest first, filtered by user id and event type.
@@ -84,8 +95,8 @@ impl Accounts {
             event_type,
         };
         let audit = self.db.audit();
-        let (rows, total) = audit.list(&filter, paging.start, paging.limit()).await?;
-        Ok(paging.page(rows, total, |e| (e.occurred_at, e.id)))
+        let (rows, n) = audit.list(&filter, paging.start, paging.limit()).await?;
+        Ok(paging.page(rows, Count::Capped(n), |e| (e.occurred_at, e.id)))
     }
 
     /// A page of the mail outbox, oldest first: what is waiting, and what failed for good
@@ -121,6 +132,7 @@ impl Accounts {
             page,
             per_page,
             total,
+            total_capped: false,
             next: None,
         })
     }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::validate::Validator;
-use crate::db::PageStart;
+use crate::db::{COUNT_CAP, PageStart};
 
 /// Largest page size.
 pub const MAX_PER_PAGE: i64 = 100;
@@ -23,6 +23,8 @@ pub struct Page<T> {
     pub page: i64,
     pub per_page: i64,
     pub total: u64,
+    /// Whether more than `total` match: counting stopped at [`COUNT_CAP`].
+    pub total_capped: bool,
     /// The `after` of the following page; none when this page is the last.
     pub next: Option<String>,
 }
@@ -50,14 +52,18 @@ impl Paging {
         self.per_page.unsigned_abs() + 1
     }
 
-    /// The page made of `rows` (read with [`Paging::limit`]); `key` gives a row's sort key,
-    /// from which the next page's `after` is made.
+    /// The page made of `rows` (read with [`Paging::limit`]) and `count` (capped or not);
+    /// `key` gives a row's sort key, from which the next page's `after` is made.
     pub fn page<T>(
         self,
         mut rows: Vec<T>,
-        total: u64,
+        count: Count,
         key: impl Fn(&T) -> (DateTime<Utc>, Uuid),
     ) -> Page<T> {
+        let (total, total_capped) = match count {
+            Count::Exact(n) => (n, false),
+            Count::Capped(n) => (n.min(COUNT_CAP), n > COUNT_CAP),
+        };
         let more = rows.len() > self.per_page.unsigned_abs() as usize;
         rows.truncate(self.per_page.unsigned_abs() as usize);
         let next = rows
@@ -69,9 +75,18 @@ impl Paging {
             page: self.page,
             per_page: self.per_page,
             total,
+            total_capped,
             next,
         }
     }
+}
+
+/// How many rows match, as the repository counted them.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Count {
+    Exact(u64),
+    /// Counted up to [`COUNT_CAP`] (past it: `COUNT_CAP + 1`).
+    Capped(u64),
 }
 
 /// Checks `query`: `page` and `after` exclude each other; field errors go into `v`.

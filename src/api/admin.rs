@@ -17,10 +17,7 @@ use super::{
 };
 use crate::{
     accounts::{AdminUpdate, Page, PageQuery},
-    db::{
-        audit::COUNT_CAP,
-        entities::{audit_event, user},
-    },
+    db::entities::{audit_event, user},
     state::AppState,
 };
 
@@ -78,8 +75,11 @@ pub struct UserPage {
     /// The page number, from 1.
     pub page: i64,
     pub per_page: i64,
-    /// How many users match the filter in all.
+    /// How many users match the filter: all of them on numbered pages; with `after`, counted
+    /// up to 10,000.
     pub total: u64,
+    /// Whether more than `total` users match (with `after`, counting stops at 10,000).
+    pub total_capped: bool,
     /// Pass as `after` for the following page (reads only that page, however deep); absent on
     /// the last page.
     pub next: Option<String>,
@@ -173,6 +173,7 @@ impl UserPage {
             page: page.page,
             per_page: page.per_page,
             total: page.total,
+            total_capped: page.total_capped,
             next: page.next,
         }
     }
@@ -184,8 +185,8 @@ impl AuditPage {
             events: page.items.into_iter().map(Into::into).collect(),
             page: page.page,
             per_page: page.per_page,
-            total: page.total.min(COUNT_CAP),
-            total_capped: page.total > COUNT_CAP,
+            total: page.total,
+            total_capped: page.total_capped,
             next: page.next,
         }
     }

@@ -7,10 +7,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{PageStart, entities::audit_event};
-
-/// Matches counted at most; past it a listing reports `COUNT_CAP + 1`.
-pub const COUNT_CAP: u64 = 10_000;
+use super::{COUNT_CAP, PageStart, entities::audit_event};
 
 /// Which events to list.
 #[derive(Debug, Default, Clone)]

@@ -82,6 +82,9 @@ impl Database {
     }
 }
 
+/// Matches a capped count counts at most; past it the count is `COUNT_CAP + 1`.
+pub const COUNT_CAP: u64 = 10_000;
+
 /// Where a page of a listing starts. Skipping reads and throws away every row before the page,
 /// so deep pages get slower as the table grows; starting after the previous page's last sort
 /// key (keyset) reads only the page, through the index the listing is ordered by.

@@ -10,7 +10,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    PageStart,
+    COUNT_CAP, PageStart,
     entities::user::{self, PasswordHash, Role},
     reads::Reads,
 };
@@ -136,12 +136,14 @@ impl<'a> Users<'a> {
         active.update(self.conn).await.map(Some)
     }
 
-    /// One page of users, oldest first, and the number of users matching the filter.
+    /// One page of users, oldest first, and the number of users matching the filter (with
+    /// `capped`, counted up to [`COUNT_CAP`]).
     pub async fn list(
         &self,
         filter: &UserFilter,
         start: PageStart,
         limit: u64,
+        capped: bool,
     ) -> Result<(Vec<user::Model>, u64), DbErr> {
         let mut query = user::Entity::find();
         if let Some(part) = &filter.email_contains {
@@ -158,7 +160,10 @@ impl<'a> Users<'a> {
         if let Some(role) = filter.role {
             query = query.filter(user::Column::Role.eq(role));
         }
-        let total = query.clone().count(self.conn).await?;
+        let total = match capped {
+            true => query.clone().limit(COUNT_CAP + 1).count(self.conn).await?,
+            false => query.clone().count(self.conn).await?,
+        };
         let key = (user::Column::CreatedAt, user::Column::Id);
         let users = start.apply(query, key, false, limit).all(self.conn).await?;
         Ok((users, total))
