@@ -227,7 +227,6 @@ async fn serve() -> anyhow::Result<()> {
 /// `latchkey migrate`.
 async fn migrate() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    crate::db::pooler::check_prepared_statements(settings.database.url.expose()).await?;
     let db = Database::connect(settings.database.url.expose(), settings.database.pool_size).await?;
     db.migrate().await?;
     println!("migrations applied");

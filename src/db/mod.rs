@@ -34,8 +34,10 @@ pub struct Database {
 }
 
 impl Database {
-    /// Connects (see [`connect`]) and prepares the hot path's reads.
-    pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<Self, DbErr> {
+    /// Connects (see [`connect`]) and prepares the hot path's reads, once a pooler in between
+    /// is known not to swap prepared statements between connections ([`pooler`]).
+    pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<Self, pooler::PoolerError> {
+        pooler::check_prepared_statements(url).await?;
         let conn = connect(url, pool_size).await?;
         let reads = Reads::new(url, &conn)?;
         Ok(Self { conn, reads })

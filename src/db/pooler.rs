@@ -68,7 +68,8 @@ pub fn lost_statement(err: &sqlx::Error) -> bool {
     postgres_error(err).is_some_and(|err| matches!(err.code(), "26000" | "42P05"))
 }
 
-fn postgres_error(err: &sqlx::Error) -> Option<&PgDatabaseError> {
+/// PostgreSQL's own error report in `err`, if it is one.
+pub(super) fn postgres_error(err: &sqlx::Error) -> Option<&PgDatabaseError> {
     match err {
         sqlx::Error::Database(err) => err.try_downcast_ref::<PgDatabaseError>(),
         _ => None,

@@ -34,7 +34,7 @@ use sea_orm::{
     RuntimeErr, Statement, Values,
     sqlx::{
         self, AssertSqlSafe, ConnectOptions, Connection, PgConnection,
-        postgres::{PgConnectOptions, PgDatabaseError, PgSeverity},
+        postgres::{PgConnectOptions, PgSeverity},
     },
 };
 use sea_query_sqlx::SqlxValues;
@@ -206,8 +206,7 @@ pub(super) fn breaks_connection(err: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(err) => err
-            .try_downcast_ref::<PgDatabaseError>()
+        sqlx::Error::Database(_) => super::pooler::postgres_error(err)
             .is_some_and(|err| matches!(err.severity(), PgSeverity::Fatal | PgSeverity::Panic)),
         _ => false,
     }

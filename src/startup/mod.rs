@@ -87,8 +87,6 @@ pub async fn services(mut settings: Settings, purpose: Purpose) -> Result<Servic
             .await
             .map_err(anyhow::Error::from)??
     };
-    // Before anything runs through a pooler that could swap statements between connections.
-    crate::db::pooler::check_prepared_statements(settings.database.url.expose()).await?;
     let db = Database::connect(settings.database.url.expose(), settings.database.pool_size).await?;
     db.migrate().await?;
     let metrics = Arc::new(Metrics::new());
