@@ -839,14 +839,21 @@ async fn memory_store_cost() -> anyhow::Result<Value> {
 }
 
 /// The `--seed-*` data, seeded into the server's database and Redis; a connection to its
-/// database.
-async fn seed_data(args: &Args, server: &Server) -> anyhow::Result<sea_orm::DatabaseConnection> {
-    let db = latchkey::db::connect(&server.env["DATABASE_URL"], Some(2)).await?;
+/// database when seeding or `--admin-queries` needs one (none otherwise, so that plain runs
+/// keep no extra connection open).
+async fn seed_data(
+    args: &Args,
+    server: &Server,
+) -> anyhow::Result<Option<sea_orm::DatabaseConnection>> {
     let seed = seed::Seed {
         users: args.seed_users,
         sessions: args.seed_sessions,
         audit: args.seed_audit,
     };
+    if seed.is_empty() && !args.admin_queries {
+        return Ok(None);
+    }
+    let db = latchkey::db::connect(&server.env["DATABASE_URL"], Some(2)).await?;
     if !seed.is_empty() {
         if args.backend != Backend::Postgres {
             bail!("--seed-* needs --backend postgres");
@@ -860,7 +867,7 @@ async fn seed_data(args: &Args, server: &Server) -> anyhow::Result<sea_orm::Data
         let prefix = server.env.get("REDIS_KEY_PREFIX").map(String::as_str);
         seed::run(&db, redis, prefix, template, seed).await?;
     }
-    Ok(db)
+    Ok(Some(db))
 }
 
 async fn cleanup(server: Server) {
@@ -911,7 +918,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let db = seed_data(&args, &server).await?;
         run_scenarios(&args, &server).await?;
-        if args.admin_queries {
+        if let Some(db) = db.filter(|_| args.admin_queries) {
             admin_queries::measure(&server.http, &db, args.seed_users, args.seed_audit).await?;
         }
         Ok(())
